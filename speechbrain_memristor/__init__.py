@@ -1,0 +1,1 @@
+"""Simulate SpeechBrain models on memristor (ReRAM) crossbars."""
