@@ -1,0 +1,247 @@
+"""Hardware configuration of a simulated memristor crossbar accelerator.
+
+`HardwareConfig` is one validated dataclass shared by every hardware-aware layer. It is
+constructible from YAML (``!new:speechbrain_memristor.config.HardwareConfig``) and from named
+presets (``HardwareConfig.preset("paper")``). Every invalid value fails at construction with a
+message naming the field, the value and the allowed range.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+READ_NOISE_MODES = ("off", "physical", "synaptogenml")
+OBSERVERS = ("minmax", "moving_average")
+CELL_MODELS = ("synaptogen", "ideal")
+
+
+def _fail(field: str, value: Any, allowed: str) -> None:
+    raise ValueError(f"HardwareConfig.{field}={value!r} is invalid: {allowed}.")
+
+
+def _check_int(field: str, value: Any, low: int, high: int | None) -> None:
+    allowed = f"expected an integer in [{low}, {'inf' if high is None else high}]"
+    if isinstance(value, bool) or not isinstance(value, int):
+        _fail(field, value, allowed)
+    if value < low or (high is not None and value > high):
+        _fail(field, value, allowed)
+
+
+def _check_float(
+    field: str, value: Any, low: float, high: float, low_open: bool, high_open: bool = False
+) -> float:
+    """``value`` as a finite float within the bounds (open or closed), else a ValueError."""
+    bounds = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        _fail(field, value, f"expected a number in {bounds}")
+    number = float(value)
+    above_low = number > low if low_open else number >= low
+    below_high = number < high if high_open else number <= high
+    if not (math.isfinite(number) and above_low and below_high):
+        _fail(field, value, f"expected a finite number in {bounds}")
+    return number
+
+
+def _check_choice(field: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        _fail(field, value, f"expected one of {', '.join(map(repr, choices))}")
+
+
+@dataclass(frozen=True)
+class HardwareConfig:
+    """Settings of the simulated crossbar hardware (units in the field comments).
+
+    Weights are quantized per tensor, symmetric, to integers in [-(2^(b-1)-1), 2^(b-1)-1]
+    (b = ``weight_bits``); the sign selects the positive or negative cell of a differential pair
+    and the magnitude is split into b-1 binary bit planes. Inputs are quantized by a
+    ``dac_bits`` symmetric DAC to integers in [-(2^(d-1)-1), 2^(d-1)-1] and applied as voltages
+    ``integer / (2^(d-1)-1) * input_voltage``. Each tile's column current difference is
+    multiplied by ``current_scale`` (value per ampere) and converted by an ADC with step
+    2^-adc_precision_bits, clipped to +-2^(adc_range_bits-1); ``None`` for both ADC fields
+    means an ideal converter (no rounding, no clipping).
+
+    ``current_scale=None`` calibrates the scale from the device model so that one bit-1 cell
+    pair at full input voltage gives the value 1: 1 / (input_voltage * (G_LRS - G_HRS)) with the
+    median LRS and HRS conductances (at the model's reference voltage U0 = 0.2 V) of a fixed
+    sample of model cells, about 8.0e3 for the default parameters (the authors use 8020). With
+    ``cell_model="ideal"`` it is 1 / (input_voltage * G_LLRS).
+
+    ``cell_model="ideal"`` replaces Synaptogen cells by ideal switches: linear I-V, a 1 bit at
+    the LLRS conductance (r = 0) and a 0 bit not conducting (r = 1). With ``read_noise="off"``
+    and no ADC, analog execution then reproduces ``fake_quant`` up to float rounding.
+
+    ``read_noise``: "off"; "physical" (Johnson 4 kB T BW |I/U| plus shot 2 q |I| BW per cell and
+    read, with ``bandwidth`` and ``temperature``); "synaptogenml" (the constants of the authors'
+    SynaptogenML library: bandwidth 1e-8 Hz and Euler's number in place of the electron charge,
+    ``bandwidth`` is then ignored; noise is still drawn independently per read and sample).
+
+    Programming: optional ``initial_cycles`` random pulses U(-2, 2) V, a reset pulse at
+    ``reset_voltage`` (V, > 0), then a set pulse at ``set_voltage`` (V, < 0) on cells holding 1.
+    ``seed`` seeds every chip together with the layer name.
+
+    Quantization-aware training: ``observer`` ("minmax" or "moving_average" with
+    ``observer_momentum``) calibrates the DAC input range; ``adc_in_training`` also emulates
+    the per-tile per-plane ADC of ideal cells in ``fake_quant``.
+    """
+
+    weight_bits: int = 3
+    dac_bits: int = 8
+    input_voltage: float = 0.6
+    adc_precision_bits: int | None = 4
+    adc_range_bits: int | None = 4
+    current_scale: float | None = None
+    tile_rows: int = 128
+    tile_cols: int = 128
+    read_noise: str = "physical"
+    bandwidth: float = 1e8
+    temperature: float = 300.0
+    device_params: str | None = None
+    device_var_order: int = 10
+    cell_model: str = "synaptogen"
+    set_voltage: float = -2.0
+    reset_voltage: float = 2.0
+    initial_cycles: int = 0
+    seed: int = 0
+    observer: str = "minmax"
+    observer_momentum: float = 0.01
+    adc_in_training: bool = False
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        _check_int("weight_bits", self.weight_bits, 2, 8)
+        _check_int("dac_bits", self.dac_bits, 2, 16)
+        set_(
+            self, "input_voltage", _check_float("input_voltage", self.input_voltage, 0.0, 1.0, True)
+        )
+        if (self.adc_precision_bits is None) != (self.adc_range_bits is None):
+            _fail(
+                "adc_precision_bits",
+                (self.adc_precision_bits, self.adc_range_bits),
+                "set adc_precision_bits and adc_range_bits both to integers, or both to None "
+                "for an ideal ADC",
+            )
+        if self.adc_precision_bits is not None:
+            _check_int("adc_precision_bits", self.adc_precision_bits, 0, 16)
+            _check_int("adc_range_bits", self.adc_range_bits, 1, 24)
+        if self.current_scale is not None:
+            set_(
+                self,
+                "current_scale",
+                _check_float("current_scale", self.current_scale, 0.0, math.inf, True, True),
+            )
+        _check_int("tile_rows", self.tile_rows, 0, None)
+        _check_int("tile_cols", self.tile_cols, 0, None)
+        _check_choice("read_noise", self.read_noise, READ_NOISE_MODES)
+        set_(
+            self, "bandwidth", _check_float("bandwidth", self.bandwidth, 0.0, math.inf, True, True)
+        )
+        set_(
+            self,
+            "temperature",
+            _check_float("temperature", self.temperature, 0.0, math.inf, True, True),
+        )
+        if self.device_params is not None:
+            if not isinstance(self.device_params, (str, os.PathLike)):
+                _fail("device_params", self.device_params, "expected a path or None")
+            path = os.fspath(self.device_params)
+            if not os.path.isfile(path):
+                _fail("device_params", path, "file not found; give a Synaptogen parameter JSON")
+            set_(self, "device_params", path)
+        _check_int("device_var_order", self.device_var_order, 1, 10)
+        _check_choice("cell_model", self.cell_model, CELL_MODELS)
+        set_(
+            self,
+            "set_voltage",
+            _check_float("set_voltage", self.set_voltage, -10.0, 0.0, False, True),
+        )
+        set_(
+            self,
+            "reset_voltage",
+            _check_float("reset_voltage", self.reset_voltage, 0.0, 10.0, True),
+        )
+        _check_int("initial_cycles", self.initial_cycles, 0, None)
+        _check_int("seed", self.seed, 0, 2**63 - 1)
+        _check_choice("observer", self.observer, OBSERVERS)
+        set_(
+            self,
+            "observer_momentum",
+            _check_float("observer_momentum", self.observer_momentum, 0.0, 1.0, True),
+        )
+        if not isinstance(self.adc_in_training, bool):
+            _fail("adc_in_training", self.adc_in_training, "expected true or false")
+
+    @property
+    def weight_qmax(self) -> int:
+        """Largest weight integer, 2^(weight_bits-1) - 1."""
+        return 2 ** (self.weight_bits - 1) - 1
+
+    @property
+    def dac_qmax(self) -> int:
+        """Largest DAC input integer, 2^(dac_bits-1) - 1."""
+        return 2 ** (self.dac_bits - 1) - 1
+
+    @property
+    def bit_planes(self) -> int:
+        """Number of magnitude bit planes, weight_bits - 1."""
+        return self.weight_bits - 1
+
+    @property
+    def has_adc(self) -> bool:
+        """False for an ideal (non-quantizing, non-clipping) ADC."""
+        return self.adc_precision_bits is not None
+
+    def replace(self, **changes: Any) -> HardwareConfig:
+        """A validated copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of all fields (YAML/JSON friendly)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> HardwareConfig:
+        """A named configuration, optionally with fields overridden.
+
+        - "default": the field defaults (physical read noise, calibrated scale, ADC p4/r4).
+        - "paper": the authors' settings: 3-bit weights, 8-bit DAC at 0.6 V, ADC p4/r4
+          ("reasonable"), 128 x 128 tiles, current_scale 8020, SynaptogenML noise constants.
+        - "paper_high_precision": "paper" with the ADC at p8/r10.
+        - "noiseless": Synaptogen cells, no read noise, ideal ADC: isolates programming
+          spread, HRS leakage and I-V nonlinearity.
+        - "ideal": ideal cells, no read noise, ideal ADC: reproduces fake_quant.
+        """
+        if name not in PRESETS:
+            raise ValueError(
+                f"Unknown HardwareConfig preset {name!r}; choose one of {', '.join(PRESETS)}."
+            )
+        return cls(**{**PRESETS[name], **overrides})
+
+
+_PAPER = {
+    "weight_bits": 3,
+    "dac_bits": 8,
+    "input_voltage": 0.6,
+    "adc_precision_bits": 4,
+    "adc_range_bits": 4,
+    "tile_rows": 128,
+    "tile_cols": 128,
+    "current_scale": 8020.0,
+    "read_noise": "synaptogenml",
+}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "paper": _PAPER,
+    "paper_high_precision": {**_PAPER, "adc_precision_bits": 8, "adc_range_bits": 10},
+    "noiseless": {"read_noise": "off", "adc_precision_bits": None, "adc_range_bits": None},
+    "ideal": {
+        "cell_model": "ideal",
+        "read_noise": "off",
+        "adc_precision_bits": None,
+        "adc_range_bits": None,
+    },
+}

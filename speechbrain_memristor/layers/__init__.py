@@ -1,0 +1,1 @@
+"""Hardware-aware layers: a shared `HardwareMatmul` core wrapped by torch-compatible modules."""

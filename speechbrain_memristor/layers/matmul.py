@@ -1,0 +1,175 @@
+"""`HardwareMatmul`: x @ W^T + b for one weight matrix in a chosen execution mode.
+
+Every hardware-aware layer (linear, pointwise convolution, attention projection) owns one and
+passes its weight [out, in] and bias at each call.
+
+- ``digital``: exactly ``F.linear(x, weight, bias)``.
+- ``fake_quant``: F.linear of the fake-quantized input and weight (straight-through gradients,
+  `quantization`), optionally through an emulation of the per-tile per-plane ADC
+  (``hardware.adc_in_training``; same forward value in training and evaluation).
+- ``analog``: the quantized weight is programmed onto a simulated chip (`crossbar.Crossbar`)
+  lazily, and again whenever the weight tensor changes (its version counter or storage) or
+  ``program()`` is called; the input goes through the DAC, the crossbar read (with read noise)
+  and the ADC, then is rescaled by weight_scale * input_scale * Q_a and the bias added
+  digitally. Analog execution is inference only: its output carries no gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from speechbrain_memristor.config import HardwareConfig
+from speechbrain_memristor.crossbar import Crossbar, ideal_read
+from speechbrain_memristor.quantization import ActivationQuantizer, WeightQuantizer
+from speechbrain_memristor.seeding import stable_seed
+
+EXECUTION_MODES = ("digital", "fake_quant", "analog")
+
+
+def check_execution(execution: str) -> str:
+    """``execution`` if it is one of EXECUTION_MODES, else a ValueError naming the choices."""
+    if execution not in EXECUTION_MODES:
+        raise ValueError(
+            f"execution={execution!r} is invalid; choose one of {', '.join(EXECUTION_MODES)}."
+        )
+    return execution
+
+
+def _check_hardware(hardware: HardwareConfig) -> HardwareConfig:
+    if not isinstance(hardware, HardwareConfig):
+        raise TypeError(
+            f"hardware must be a HardwareConfig, got {type(hardware).__name__}; "
+            "build one with HardwareConfig(...) or HardwareConfig.preset(name)."
+        )
+    return hardware
+
+
+class HardwareMatmul(torch.nn.Module):
+    """Computes x @ W^T + b for one weight matrix W [out, in] in the chosen execution mode.
+
+    Quantizer buffers are non-persistent: the owning layer's state_dict keys stay those of the
+    original layer; calibration travels via ``quantizer_state()`` / ``load_quantizer_state()``.
+    """
+
+    def __init__(self, hardware: HardwareConfig, execution: str = "digital", name: str = ""):
+        super().__init__()
+        self._hardware = _check_hardware(hardware)
+        self.name = name
+        self._execution = check_execution(execution)
+        self.input_quantizer = ActivationQuantizer(hardware)
+        self.weight_quantizer = WeightQuantizer(hardware)
+        self.chip: Crossbar | None = None
+        self._program_seed: int | None = None
+        self._programmed_for: tuple | None = None
+
+    @property
+    def hardware(self) -> HardwareConfig:
+        return self._hardware
+
+    @hardware.setter
+    def hardware(self, hardware: HardwareConfig) -> None:
+        """New settings: quantizers are rebuilt (keeping the observed input range) and the chip
+        is reprogrammed at the next analog read."""
+        state = self.input_quantizer.state()
+        device = self.input_quantizer.min_val.device
+        self._hardware = _check_hardware(hardware)
+        self.input_quantizer = ActivationQuantizer(hardware).to(device)
+        self.input_quantizer.load_state(state)
+        self.weight_quantizer = WeightQuantizer(hardware)
+
+    @property
+    def execution(self) -> str:
+        return self._execution
+
+    @execution.setter
+    def execution(self, execution: str) -> None:
+        self._execution = check_execution(execution)
+
+    def extra_repr(self) -> str:
+        return f"execution={self._execution!r}, name={self.name!r}"
+
+    def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        """x [..., in] -> [..., out] in the current execution mode."""
+        if self._execution == "digital":
+            return F.linear(x, weight, bias)
+        if self._execution == "fake_quant":
+            return self._fake_quant(x, weight, bias)
+        return self._analog(x, weight, bias)
+
+    def _fake_quant(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        x_q = self.input_quantizer(x)
+        w_q = self.weight_quantizer(weight)
+        y = F.linear(x_q, w_q)
+        if self.hardware.adc_in_training and self.hardware.has_adc:
+            with torch.no_grad():
+                input_scale = self.input_quantizer.scale()
+                inputs = x.detach().reshape(-1, weight.shape[1]).float()
+                w_int = self.weight_quantizer.integers(weight)
+                values = ideal_read(inputs, input_scale, w_int, self.hardware)
+                gain = self.weight_quantizer.scale(weight) * input_scale * self.hardware.dac_qmax
+                y_adc = (values * gain).reshape(y.shape).to(y.dtype)
+            y = y + (y_adc - y).detach()
+        return y if bias is None else y + bias
+
+    @torch.no_grad()
+    def _analog(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        if not torch.isfinite(x).all():
+            raise ValueError(
+                f"Analog layer {self.name or '<unnamed>'!r} got NaN or infinite inputs; a DAC "
+                "cannot convert them. Check the preceding layers (or run in 'digital' mode "
+                "to locate the source)."
+            )
+        self._ensure_programmed(weight)
+        assert self.chip is not None
+        input_scale = self.input_quantizer.calibrated_scale(x)
+        values = self.chip.read(x.reshape(-1, weight.shape[1]), input_scale)
+        values.mul_(self.chip.weight_scale * input_scale * self.hardware.dac_qmax)
+        if bias is not None:
+            values.add_(bias)
+        return values.reshape(*x.shape[:-1], weight.shape[0]).to(x.dtype)
+
+    def _program_key(self, weight: Tensor) -> tuple:
+        return (
+            weight._version,
+            weight.data_ptr(),
+            tuple(weight.shape),
+            weight.device,
+            self._hardware,
+            self.name,
+            self._program_seed,
+        )
+
+    def _ensure_programmed(self, weight: Tensor) -> None:
+        if self.chip is None or self._programmed_for != self._program_key(weight):
+            self.program(weight, self._program_seed)
+
+    def chip_seed(self, seed: int | None = None) -> int:
+        """Stable seed of this layer's chip: hash of (seed or hardware.seed, name)."""
+        return stable_seed(self.hardware.seed if seed is None else seed, self.name)
+
+    @torch.no_grad()
+    def program(self, weight: Tensor, seed: int | None = None) -> None:
+        """Program ``weight`` [out, in] onto a fresh chip (seed None -> hardware.seed).
+
+        The chip is a pure function of (weight, hardware, seed, name); it is built on the CPU and
+        moved to the weight's device. Later lazy reprogramming keeps this seed.
+        """
+        self._program_seed = seed
+        w_int = self.weight_quantizer.integers(weight).cpu()
+        self.chip = Crossbar.program(
+            w_int,
+            self.weight_quantizer.scale(weight).item(),
+            self.hardware,
+            self.chip_seed(seed),
+        ).to(weight.device)
+        self._programmed_for = self._program_key(weight)
+
+    def quantizer_state(self) -> dict[str, Tensor]:
+        """Calibration state of the input quantizer (observed min and max)."""
+        return self.input_quantizer.state()
+
+    def load_quantizer_state(self, state: dict[str, Tensor]) -> None:
+        """Restore calibration saved by ``quantizer_state()``."""
+        self.input_quantizer.load_state(state)
