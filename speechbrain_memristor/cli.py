@@ -55,7 +55,63 @@ def _run_make_corpus(args: argparse.Namespace) -> int:
     return 0
 
 
-SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_make_corpus,)
+def _add_demo(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="the whole study on synthesized speech: float vs QAT vs analog chips (~20 min)",
+        description=(
+            "Synthesize a TED-LIUM 2 style corpus, train a float and a QAT Conformer CTC with the "
+            "TED-LIUM 2 recipe, evaluate test WER in digital, fake_quant and analog execution on "
+            "several programmed chips, and write results.{md,csv,json} and a plot. A rerun "
+            "resumes where the last one stopped."
+        ),
+    )
+    parser.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
+    parser.add_argument(
+        "--weight-bits", type=int, default=3, help="QAT/chip weight bits (default: 3)"
+    )
+    parser.add_argument("--chips", type=int, default=5, help="analog chips to program (default: 5)")
+    parser.add_argument(
+        "--utterances", type=int, default=1000, help="corpus size, all splits (default: 1000)"
+    )
+    parser.add_argument("--float-epochs", type=int, default=20, help="float epochs (default: 20)")
+    parser.add_argument("--qat-epochs", type=int, default=6, help="QAT epochs (default: 6)")
+    parser.set_defaults(handler=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    import logging
+    from pathlib import Path
+
+    from speechbrain_memristor.corpus.layout import CorpusError
+    from speechbrain_memristor.demo import DemoError, DemoSettings, markdown_table, run_demo
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    settings = DemoSettings(
+        out_dir=Path(args.out),
+        utterances=args.utterances,
+        weight_bits=args.weight_bits,
+        chips=args.chips,
+        float_epochs=args.float_epochs,
+        qat_epochs=args.qat_epochs,
+    )
+    try:
+        summary = run_demo(settings)
+    except (CorpusError, DemoError) as error:
+        print(f"{PROGRAM} demo: error: {error}", file=sys.stderr)
+        return 1
+    print()
+    print(markdown_table(summary))
+    print(
+        f"Results: {settings.out_dir / 'results.md'} and {settings.out_dir / 'wer_by_execution.png'}"
+    )
+    return 0
+
+
+SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_make_corpus,
+    _add_demo,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import numbers
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import Tensor
@@ -34,8 +33,6 @@ from speechbrain_memristor.device.params import HRS, LRS, N_FEATURES, UR, US, De
 CPU_BLOCK_CELLS = 1 << 16
 """Cells created or advanced to a new cycle per block on CPU: bounds temporaries (about 200 B
 per cell) to a few MB, which stay in cache and are reused by the allocator."""
-CPU_RANDOM_BLOCK = 1 << 16
-"""Normals per independently seeded block when drawing on CPU (see `standard_normal`)."""
 
 _default_params: dict[int, DeviceParams] = {}
 
@@ -45,42 +42,6 @@ def _load_default_params(var_order: int) -> DeviceParams:
     if var_order not in _default_params:
         _default_params[var_order] = DeviceParams.load(var_order=var_order)
     return _default_params[var_order]
-
-
-def standard_normal(
-    shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device
-) -> Tensor:
-    """float32 standard normal samples of ``shape`` on ``device``.
-
-    torch's CPU generator draws sequentially, and drawing dominates cell creation. On CPU the
-    samples are therefore split into fixed blocks of CPU_RANDOM_BLOCK values, each drawn from
-    its own generator seeded from ``generator``, and the blocks are filled on
-    torch.get_num_threads() threads. The result depends only on the state of ``generator``,
-    not on the number of threads.
-    """
-    samples = torch.empty(shape, device=device)
-    flat = samples.view(-1)
-    if device.type != "cpu" or flat.numel() <= CPU_RANDOM_BLOCK:
-        return samples.normal_(generator=generator)
-    blocks = flat.split(CPU_RANDOM_BLOCK)
-    seeds = torch.randint(2**62, (len(blocks),), generator=generator).tolist()
-
-    def fill(block: Tensor, seed: int) -> None:
-        block.normal_(generator=torch.Generator().manual_seed(seed))
-
-    workers = min(torch.get_num_threads(), len(blocks))
-    list(_thread_pool(workers).map(fill, blocks, seeds))
-    return samples
-
-
-_thread_pools: dict[int, ThreadPoolExecutor] = {}
-
-
-def _thread_pool(workers: int) -> ThreadPoolExecutor:
-    """A persistent pool of ``workers`` threads (torch ops release the GIL)."""
-    if workers not in _thread_pools:
-        _thread_pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="cells-rng")
-    return _thread_pools[workers]
 
 
 class CellArray:
@@ -166,7 +127,7 @@ class CellArray:
         """Draw the first cycle and the device-to-device (μ, σ) of the cells in ``cells``."""
         params = self.params
         count = cells.stop - cells.start
-        normals = standard_normal((count, 3 * N_FEATURES), self.generator, self.device)
+        normals = torch.randn(count, 3 * N_FEATURES, generator=self.generator, device=self.device)
         # First cycle: the VAR step from an all-zero history is the innovation term alone.
         normal_features = self._var_innovation @ normals[:, :N_FEATURES].T  # [4, count]
         self._history[cells] = normal_features.T
@@ -227,7 +188,7 @@ class CellArray:
 
     @property
     def in_hrs(self) -> Tensor:
-        """[n] bool: the cell was fully reset and has not been set since."""
+        """[n] bool: the cell is fresh, or was fully reset and has not been set since."""
         return self._in_hrs
 
     @property
@@ -256,12 +217,15 @@ class CellArray:
             return
         full_mask = reset_mask & (u >= params.u_max)
         partial_mask = reset_mask & ~full_mask
-        new_cycle = new_cycle_mask.nonzero().squeeze(1)
-        if new_cycle.numel() > 0:
-            self._start_new_cycle(new_cycle)
-            self._start_reset_curve((new_cycle_mask & partial_mask).nonzero().squeeze(1))
+        new_cycles = int(new_cycle_mask.sum())
+        any_partial = bool(partial_mask.any())
+        if new_cycles > 0:
+            everyone = new_cycles == self._n
+            self._start_new_cycle(None if everyone else new_cycle_mask.nonzero().squeeze(1))
+            if any_partial:
+                self._start_reset_curve((new_cycle_mask & partial_mask).nonzero().squeeze(1))
         self._in_lrs &= ~reset_mask
-        if bool(partial_mask.any()):
+        if any_partial:
             self._partial_reset(u, partial_mask)
         self._reset_threshold = torch.where(reset_mask, u, self._reset_threshold)
         if bool(full_mask.any()):
@@ -282,7 +246,7 @@ class CellArray:
         u = self._voltages(u, "read")
         current = self.params.cell_current(self._state, u)
         std = read_noise_variance(current, u, bandwidth, temperature).sqrt_()
-        noise = standard_normal((self._n,), self.generator, self.device)
+        noise = torch.randn(self._n, generator=self.generator, device=self.device)
         return torch.addcmul(current, std, noise)
 
     # --------------------------------------------------------------------------- helpers
@@ -315,9 +279,9 @@ class CellArray:
         out.mul_(offset_scale[N_FEATURES:]).add_(offset_scale[:N_FEATURES])
         out[HRS].mul_(math.log(10.0)).exp_()  # from log10 ohms
 
-    def _start_new_cycle(self, cells: Tensor) -> None:
-        """One VAR step for the cells at indices ``cells`` (ascending): new history entries and
-        features."""
+    def _start_new_cycle(self, cells: Tensor | None) -> None:
+        """One VAR step for the cells at indices ``cells`` (ascending; None: all cells): new
+        history entries and features."""
         slots = self._var_lags.shape[0]
         if self._history.shape[1] < N_FEATURES * slots:  # first new cycle: open all slots
             history = torch.zeros(self._n, N_FEATURES * slots, device=self.device)
@@ -326,7 +290,7 @@ class CellArray:
         # Lag matrix for each physical slot: slot b holds lag (newest_slot - b) mod p + 1.
         lag_of_slot = [(self._newest_slot - slot) % slots for slot in range(slots)]
         slot_matrix = self._var_lags[lag_of_slot].permute(1, 0, 2).reshape(N_FEATURES, -1)
-        if cells.numel() == self._n:  # advance the ring: the oldest slot becomes the newest
+        if cells is None:  # advance the ring: the oldest slot becomes the newest
             newest = self._slot((self._newest_slot + 1) % slots)
             for start in range(0, self._n, self._block_cells):
                 block = slice(start, min(start + self._block_cells, self._n))
@@ -353,7 +317,9 @@ class CellArray:
 
     def _var_step(self, history: Tensor, slot_matrix: Tensor) -> Tensor:
         """[m, 4] next standard normal feature vectors of m cells with history [m, 4 p]."""
-        innovation = standard_normal((N_FEATURES, history.shape[0]), self.generator, self.device)
+        innovation = torch.randn(
+            N_FEATURES, history.shape[0], generator=self.generator, device=self.device
+        )
         # (the innovation is drawn feature-major: that small product is several times faster)
         return torch.addmm((self._var_innovation @ innovation).T, history, slot_matrix.T)
 
@@ -374,7 +340,7 @@ class CellArray:
         reaches the cycle's HRS current c at Umax.
         """
         if cells.numel() == 0:
-            return
+            return  # no partial reset begins in LRS
         params = self.params
         threshold = self._reset_threshold[cells]
         start_current = params.cell_current(self._state[cells], threshold)

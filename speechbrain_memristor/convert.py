@@ -1,0 +1,466 @@
+"""Convert a model's weight matrices to hardware execution in place, switch modes, program chips.
+
+`convert` walks a model (or a mapping of named models, like a SpeechBrain Brain's ``modules``),
+finds every weight matrix it can map and converts the selected ones in place:
+
+- `torch.nn.Linear` (also inside ``speechbrain.nnet.linear.Linear``) -> `MemristorLinear`,
+  `torch.nn.Conv1d` / `Conv2d` -> `MemristorConv1d` / `MemristorConv2d` (the child is replaced
+  by a layer sharing its Parameter objects);
+- a raw ``in_proj_weight`` applied with F.linear (SpeechBrain ``RelPosMHAXL``, ``RoPEMHA``) and
+  the projections of `torch.nn.MultiheadAttention`: the module's class is swapped in place
+  (`layers.attention`).
+
+Roots are never replaced (hparams, checkpointers and optimizers reference them) and Parameters
+are shared, so state_dict keys and optimizer references are unchanged.
+
+Selection. Each mappable matrix has a qualified name: the module's name for a Linear/Conv
+(``encoder.layers.0.ffn_module1.1.ffn.0``), ``<attention>.in_proj_weight`` for a fused input
+projection and ``<attention>.out_proj`` for an output projection. A pattern selects a matrix
+when it matches (`fnmatch`, ``*`` also spans dots) the matrix's name or the name of any module
+containing it; ``type:<Class>`` matches the class name (or dotted path) of the layer or of any
+containing module. A matrix is mapped when an ``include`` pattern selects it and no ``exclude``
+pattern does. ``include=None`` is `PAPER_CONFORMER_MAPPING`. Names are relative to the root(s)
+given, and each chip is seeded by (hardware seed, name).
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from speechbrain_memristor.config import HardwareConfig
+from speechbrain_memristor.layers.attention import (
+    HardwareAttention,
+    map_in_projection,
+    map_multihead_attention,
+)
+from speechbrain_memristor.layers.conv import MemristorConv1d, MemristorConv2d
+from speechbrain_memristor.layers.linear import MemristorLinear
+from speechbrain_memristor.layers.matmul import HardwareMatmul, check_execution
+
+logger = logging.getLogger(__name__)
+
+# The paper's mapping for SpeechBrain Conformer blocks: both feed-forward modules, the fused
+# Q/K/V input projection and the output projection of self-attention (RelPosMHAXL/RoPEMHA, or
+# nn.MultiheadAttention under `att` for attention_type regularMHA), and the two pointwise
+# convolutions of the convolution module. linear_pos, the depthwise convolution, the frontend
+# and the output layer stay digital.
+PAPER_CONFORMER_MAPPING: tuple[str, ...] = (
+    "*.ffn_module1",
+    "*.ffn_module2",
+    "*.mha_layer.in_proj_weight",
+    "*.mha_layer.out_proj",
+    "*.mha_layer.att.in_proj_weight",
+    "*.mha_layer.att.out_proj",
+    "*.convolution_module.bottleneck",
+    "*.convolution_module.after_conv",
+)
+TYPE_PREFIX = "type:"
+SUPPORTED = (
+    "torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, attention modules with a raw "
+    "in_proj_weight (RelPosMHAXL, RoPEMHA) and torch.nn.MultiheadAttention"
+)
+HARDWARE_LAYERS = (MemristorLinear, MemristorConv1d, MemristorConv2d, HardwareAttention)
+
+Model = torch.nn.Module | Mapping[str, torch.nn.Module]
+
+
+@dataclass(frozen=True)
+class _Matrix:
+    """One mappable weight matrix found in the model."""
+
+    name: str
+    kind: str  # "Linear", "Conv1d", "Conv2d", "in_proj", "mha_in_proj", "mha_out_proj"
+    module: torch.nn.Module  # the layer, or the attention module owning the weight
+    parent: torch.nn.Module | None  # None when ``module`` is a root
+    attribute: str
+    scopes: tuple[tuple[str, torch.nn.Module], ...]  # containing modules, outermost first
+    shape: tuple[int, int]  # crossbar matrix [out, in]
+
+    @property
+    def weight(self) -> Tensor:
+        if self.kind in ("in_proj", "mha_in_proj"):
+            return self.module.in_proj_weight
+        if self.kind == "mha_out_proj":
+            return self.module.out_proj.weight
+        return self.module.weight
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _roots(model: Model) -> list[tuple[str, torch.nn.Module]]:
+    if isinstance(model, torch.nn.Module):
+        return [("", model)]
+    if isinstance(model, Mapping):
+        roots = list(model.items())
+        for key, module in roots:
+            if not isinstance(module, torch.nn.Module):
+                raise TypeError(f"model[{key!r}] is a {type(module).__name__}, not a torch Module.")
+        return roots
+    raise TypeError(
+        f"model must be a torch.nn.Module or a mapping of names to modules, got "
+        f"{type(model).__name__}."
+    )
+
+
+def _conv_shape(conv: torch.nn.modules.conv._ConvNd) -> tuple[int, int]:
+    taps = conv.weight[0, 0].numel()
+    return conv.out_channels, conv.in_channels * taps
+
+
+def _find_matrices(
+    model: Model,
+) -> tuple[list[_Matrix], list[tuple[str, torch.nn.Module]], list[tuple[str, torch.nn.Module]]]:
+    """(mappable matrices, every (name, module), already converted (name, layer))."""
+    matrices: list[_Matrix] = []
+    modules: list[tuple[str, torch.nn.Module]] = []
+    converted: list[tuple[str, torch.nn.Module]] = []
+    seen: set[int] = set()
+
+    def visit(name, module, parent, attribute, scopes):
+        if id(module) in seen:
+            return
+        seen.add(id(module))
+        scopes = (*scopes, (name, module))
+        modules.append((name, module))
+
+        def found(suffix: str, kind: str, shape: tuple[int, int], extra=()) -> None:
+            matrices.append(
+                _Matrix(
+                    _join(name, suffix) if suffix else name,
+                    kind,
+                    module,
+                    parent,
+                    attribute,
+                    (*scopes, *extra),
+                    shape,
+                )
+            )
+
+        if isinstance(module, HARDWARE_LAYERS):
+            converted.append((name, module))
+            return
+        if isinstance(module, torch.nn.MultiheadAttention):
+            out_proj = module.out_proj
+            modules.append((_join(name, "out_proj"), out_proj))
+            if module._qkv_same_embed_dim:  # else separate Q, K, V weights: stay digital
+                found("in_proj_weight", "mha_in_proj", (3 * module.embed_dim, module.embed_dim))
+            found(
+                "out_proj",
+                "mha_out_proj",
+                tuple(out_proj.weight.shape),
+                extra=((_join(name, "out_proj"), out_proj),),
+            )
+            return
+        if isinstance(module, torch.nn.Linear):
+            found("", "Linear", tuple(module.weight.shape))
+            return
+        if isinstance(module, torch.nn.Conv1d | torch.nn.Conv2d):
+            kind = "Conv1d" if isinstance(module, torch.nn.Conv1d) else "Conv2d"
+            found("", kind, _conv_shape(module))
+            return
+        weight = module._parameters.get("in_proj_weight")
+        if isinstance(weight, torch.nn.Parameter) and weight.dim() == 2:
+            found("in_proj_weight", "in_proj", tuple(weight.shape))
+        for child_name, child in module.named_children():
+            visit(_join(name, child_name), child, module, child_name, scopes)
+
+    for key, root in _roots(model):
+        visit(key, root, None, key, ())
+    return matrices, modules, converted
+
+
+def _type_names(module: torch.nn.Module) -> tuple[str, str]:
+    cls = type(module)
+    return cls.__name__, f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _matches_module(pattern: str, name: str, module: torch.nn.Module) -> bool:
+    if pattern.startswith(TYPE_PREFIX):
+        wanted = pattern[len(TYPE_PREFIX) :]
+        return any(fnmatch.fnmatchcase(type_name, wanted) for type_name in _type_names(module))
+    return fnmatch.fnmatchcase(name, pattern)
+
+
+def _selects(pattern: str, matrix: _Matrix) -> bool:
+    if not pattern.startswith(TYPE_PREFIX) and fnmatch.fnmatchcase(matrix.name, pattern):
+        return True
+    return any(_matches_module(pattern, name, module) for name, module in matrix.scopes)
+
+
+def _check_patterns(
+    kind: str,
+    patterns: Sequence[str],
+    matrices: list[_Matrix],
+    modules: list[tuple[str, torch.nn.Module]],
+    converted: list[tuple[str, torch.nn.Module]],
+) -> None:
+    """Every pattern must select a matrix (or an already converted layer); else a clear error."""
+    for pattern in patterns:
+        if not isinstance(pattern, str) or not pattern:
+            raise TypeError(f"{kind} patterns must be non-empty strings, got {pattern!r}.")
+        if any(_selects(pattern, matrix) for matrix in matrices) or any(
+            _matches_module(pattern, name, layer) for name, layer in converted
+        ):
+            continue
+        hits = [
+            (name, module) for name, module in modules if _matches_module(pattern, name, module)
+        ]
+        if hits:
+            found = ", ".join(f"{name or '<root>'} ({type(m).__name__})" for name, m in hits[:5])
+            raise ValueError(
+                f"{kind} pattern {pattern!r} selects {found}{' ...' if len(hits) > 5 else ''}, "
+                f"which contain no supported weight matrix. Supported: {SUPPORTED}."
+            )
+        if pattern.startswith(TYPE_PREFIX):
+            candidates = {type(module).__name__ for _, module in modules}
+        else:
+            names = [name for name, _ in modules] + [matrix.name for matrix in matrices]
+            candidates = {part for name in names for part in name.split(".")}
+        tail = pattern.removeprefix(TYPE_PREFIX).split(".")[-1].strip("*?[]")
+        close = difflib.get_close_matches(tail, sorted(candidates), n=3)
+        hint = f" Close names: {', '.join(close)}." if close else ""
+        raise ValueError(
+            f"{kind} pattern {pattern!r} matches nothing in the model.{hint} Patterns use "
+            "fnmatch on qualified module names ('*' spans dots), or 'type:<ClassName>'."
+        )
+
+
+def _check_fits(matrix: _Matrix, hardware: HardwareConfig) -> None:
+    """A clear error when ``hardware`` cannot hold ``matrix``."""
+    weight = matrix.weight
+    if not weight.is_floating_point():
+        raise ValueError(
+            f"Layer {matrix.name!r} has {weight.dtype} weights; hardware layers quantize "
+            "floating-point weights. Convert before quantizing the model another way, or exclude it."
+        )
+    out_features, in_features = matrix.shape
+    if out_features == 0 or in_features == 0:
+        raise ValueError(
+            f"Layer {matrix.name!r} has an empty weight matrix {out_features}x{in_features}; "
+            "exclude it."
+        )
+
+
+def _convert_matrix(
+    matrix: _Matrix, hardware: HardwareConfig, execution: str
+) -> torch.nn.Module | None:
+    """Replacement module for a Linear/Conv matrix (None for attention, converted in place)."""
+    module = matrix.module
+    if matrix.kind == "Linear":
+        layer = MemristorLinear.from_linear(module, hardware, execution, name=matrix.name)
+    elif matrix.kind == "Conv1d":
+        layer = MemristorConv1d.from_conv1d(module, hardware, execution, name=matrix.name)
+    elif matrix.kind == "Conv2d":
+        layer = MemristorConv2d.from_conv2d(module, hardware, execution, name=matrix.name)
+    else:
+        return None
+    layer.matmul.to(module.weight.device)
+    return layer
+
+
+def _log_table(
+    matrices: list[_Matrix], mapped: set[str], execution: str, hardware: HardwareConfig
+) -> None:
+    rows = [("layer", "type", "matrix (out x in)", "mapping", "cells")]
+    mapped_weights = total_weights = 0
+    for matrix in matrices:
+        out_features, in_features = matrix.shape
+        weights = matrix.weight.numel()
+        total_weights += weights
+        is_mapped = matrix.name in mapped
+        mapped_weights += weights if is_mapped else 0
+        cells = 2 * hardware.bit_planes * out_features * in_features
+        rows.append(
+            (
+                matrix.name,
+                matrix.kind,
+                f"{out_features} x {in_features}",
+                "hardware" if is_mapped else "digital",
+                f"{cells:,}" if is_mapped else "-",
+            )
+        )
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+    logger.info(
+        "Memristor conversion: %d of %d weight matrices mapped (%s of %s weights), "
+        "execution=%s, weight_bits=%d, tiles %dx%d:\n%s",
+        len(mapped),
+        len(matrices),
+        f"{mapped_weights:,}",
+        f"{total_weights:,}",
+        execution,
+        hardware.weight_bits,
+        hardware.tile_rows,
+        hardware.tile_cols,
+        "\n".join(lines),
+    )
+
+
+def convert(
+    model: Model,
+    hardware: HardwareConfig,
+    execution: str = "fake_quant",
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+) -> Model:
+    """Map the selected weight matrices of ``model`` onto hardware, in place; returns ``model``.
+
+    ``model``: a module, or a mapping of names to modules (each a root; names get the key as
+    prefix). ``include``: patterns (module docstring); None = `PAPER_CONFORMER_MAPPING`.
+    ``exclude``: patterns removed from the selection. Each explicit pattern must select
+    something; layers converted by an earlier call are left as they are. Logs a table of every
+    weight matrix with its mapping.
+    """
+    if not isinstance(hardware, HardwareConfig):
+        raise TypeError(
+            f"hardware must be a HardwareConfig, got {type(hardware).__name__}; build one with "
+            "HardwareConfig(...) or HardwareConfig.preset(name)."
+        )
+    check_execution(execution)
+    for argument, value in (("include", include), ("exclude", exclude)):
+        if isinstance(value, str):
+            raise TypeError(f"{argument} must be a list of patterns, got the string {value!r}.")
+    matrices, modules, converted = _find_matrices(model)
+    if include is not None:
+        _check_patterns("include", include, matrices, modules, converted)
+    _check_patterns("exclude", exclude or (), matrices, modules, converted)
+    patterns = PAPER_CONFORMER_MAPPING if include is None else tuple(include)
+    selected = [
+        matrix
+        for matrix in matrices
+        if any(_selects(pattern, matrix) for pattern in patterns)
+        and not any(_selects(pattern, matrix) for pattern in exclude or ())
+    ]
+    if include is None and not selected and not converted:
+        raise ValueError(
+            "The default mapping (PAPER_CONFORMER_MAPPING: Conformer feed-forward, attention "
+            "projections, pointwise convolutions) selects nothing in this model; pass include "
+            "patterns, e.g. include=['*'] for every supported layer."
+        )
+    for matrix in selected:
+        _check_fits(matrix, hardware)
+        if matrix.parent is None and matrix.kind in ("Linear", "Conv1d", "Conv2d"):
+            raise ValueError(
+                f"Layer {matrix.name or '<root>'!r} ({matrix.kind}) is a root module; convert() "
+                "swaps children in place and never replaces a root (others reference it). Wrap "
+                "it in a container (e.g. torch.nn.Sequential) before building the Brain."
+            )
+
+    mapped_names = {matrix.name for matrix in selected}
+    attention: dict[int, dict[str, _Matrix]] = {}
+    for matrix in selected:
+        replacement = _convert_matrix(matrix, hardware, execution)
+        if replacement is not None:
+            setattr(matrix.parent, matrix.attribute, replacement)
+        elif matrix.kind == "in_proj":
+            map_in_projection(matrix.module, hardware, execution, matrix.name)
+        else:
+            attention.setdefault(id(matrix.module), {})[matrix.kind] = matrix
+    for parts in attention.values():
+        module = next(iter(parts.values())).module
+        map_multihead_attention(
+            module,
+            hardware,
+            execution,
+            in_proj_name=parts["mha_in_proj"].name if "mha_in_proj" in parts else None,
+            out_proj_name=parts["mha_out_proj"].name if "mha_out_proj" in parts else None,
+        )
+    _log_table(matrices, mapped_names, execution, hardware)
+    return model
+
+
+def hardware_layers(model: Model) -> Iterator[tuple[str, torch.nn.Module]]:
+    """(qualified name, layer) of every converted layer (Linear, Conv, attention) in ``model``."""
+    for key, root in _roots(model):
+        for name, module in root.named_modules(prefix=key):
+            if isinstance(module, HARDWARE_LAYERS):
+                yield name, module
+
+
+def hardware_matmuls(model: Model) -> list[HardwareMatmul]:
+    """Every `HardwareMatmul` of ``model`` (one per mapped weight matrix)."""
+    seen: dict[int, HardwareMatmul] = {}
+    for _, root in _roots(model):
+        for module in root.modules():
+            if isinstance(module, HardwareMatmul):
+                seen.setdefault(id(module), module)
+    if not seen:
+        raise ValueError("The model has no converted layers; call convert(model, hardware) first.")
+    return list(seen.values())
+
+
+def set_execution(model: Model, mode: str) -> None:
+    """Switch every converted layer of ``model`` to ``mode`` (digital, fake_quant or analog)."""
+    check_execution(mode)
+    for matmul in hardware_matmuls(model):
+        matmul.execution = mode
+
+
+def set_chip_seed(model: Model, seed: int) -> None:
+    """Use chips of global ``seed`` from now on (programmed lazily at the next analog read).
+
+    The seed is stored as the layers' ``hardware.seed``; each layer's chip is seeded by
+    (seed, layer name), so every rank and every run with this seed gets the same chips.
+    """
+    for matmul in hardware_matmuls(model):
+        if matmul.hardware.seed != seed:
+            matmul.hardware = matmul.hardware.replace(seed=seed)
+
+
+def program(model: Model, seed: int | None = None) -> None:
+    """Program every converted layer onto fresh chips now (seed None keeps the current seed)."""
+    if seed is not None:
+        set_chip_seed(model, seed)
+    for _, layer in hardware_layers(model):
+        layer.program()
+
+
+def quantizer_state_dict(model: Model) -> dict[str, Tensor]:
+    """Calibration state of every layer: ``{"<layer name>.<key>": tensor}`` (CPU copies)."""
+    state: dict[str, Tensor] = {}
+    for matmul in hardware_matmuls(model):
+        for key, value in matmul.quantizer_state().items():
+            full_key = f"{matmul.name}.{key}"
+            if full_key in state:
+                raise ValueError(
+                    f"Two hardware layers are named {matmul.name!r}; names must differ."
+                )
+            state[full_key] = value.detach().cpu()
+    return state
+
+
+def load_quantizer_state_dict(
+    model: Model, state: Mapping[str, Tensor], strict: bool = True
+) -> tuple[list[str], list[str]]:
+    """Restore calibration saved by `quantizer_state_dict`; returns (missing, unexpected) keys.
+
+    ``strict``: raise a KeyError naming the first differences instead of skipping them.
+    """
+    current = quantizer_state_dict(model)
+    missing = sorted(set(current) - set(state))
+    unexpected = sorted(set(state) - set(current))
+    if strict and (missing or unexpected):
+        raise KeyError(
+            f"Quantizer state does not match the model: missing {missing[:3]}"
+            f"{' ...' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}"
+            f"{' ...' if len(unexpected) > 3 else ''}. Was it saved with other include/exclude "
+            "patterns or module names? Use strict=False to load the matching layers only."
+        )
+    for matmul in hardware_matmuls(model):
+        keys = [key[len(matmul.name) + 1 :] for key in current if key.startswith(f"{matmul.name}.")]
+        layer_state = {key: state[f"{matmul.name}.{key}"] for key in keys}
+        if layer_state and all(f"{matmul.name}.{key}" in state for key in keys):
+            matmul.load_quantizer_state(layer_state)
+    return missing, unexpected
