@@ -87,6 +87,9 @@ class MemristorHook:
         train_execution: mode of the training stage ("fake_quant" for QAT, or "digital").
         valid_execution: mode of validation (None: same as training).
         test_execution: mode of ``evaluate`` ("analog" runs once per chip).
+        execution: one switch for recipes, instead of the two above: "digital" trains and
+            tests digitally, "fake_quant" trains and tests fake-quantized, "analog" trains
+            fake-quantized (QAT) and tests on the chips.
         include, exclude: layer patterns (`speechbrain_memristor.convert`); include None is the
             paper's Conformer mapping.
         chips: number of chips for analog evaluation (seeds seed, seed+1, ...).
@@ -105,6 +108,7 @@ class MemristorHook:
         train_execution: str = "fake_quant",
         valid_execution: str | None = None,
         test_execution: str = "analog",
+        execution: str | None = None,
         include: Sequence[str] | None = None,
         exclude: Sequence[str] | None = None,
         chips: int = 1,
@@ -120,6 +124,10 @@ class MemristorHook:
                 f"MemristorHook.hardware must be a HardwareConfig, got {type(hardware).__name__}; "
                 "use hardware: !new:speechbrain_memristor.config.HardwareConfig."
             )
+        if execution is not None:
+            _check_mode("execution", execution)
+            train_execution = "digital" if execution == "digital" else "fake_quant"
+            test_execution = execution
         for field, mode in (
             ("train_execution", train_execution),
             ("test_execution", test_execution),

@@ -74,8 +74,8 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--utterances", type=int, default=1000, help="corpus size, all splits (default: 1000)"
     )
-    parser.add_argument("--float-epochs", type=int, default=20, help="float epochs (default: 20)")
-    parser.add_argument("--qat-epochs", type=int, default=6, help="QAT epochs (default: 6)")
+    parser.add_argument("--float-epochs", type=int, default=25, help="float epochs (default: 25)")
+    parser.add_argument("--qat-epochs", type=int, default=5, help="QAT epochs (default: 5)")
     parser.set_defaults(handler=_run_demo)
 
 

@@ -57,8 +57,8 @@ class DemoSettings:
     corpus_seed: int = 0
     weight_bits: int = 3
     chips: int = 5
-    float_epochs: int = 20
-    qat_epochs: int = 6
+    float_epochs: int = 25
+    qat_epochs: int = 5
     hardware_preset: str = "paper"
 
     @property

@@ -239,7 +239,7 @@ def test_missing_espeak_gives_install_hint(tmp_path, monkeypatch, capsys):
 
 def test_sentences_are_deterministic_and_use_a_small_vocabulary():
     vocabulary = text.vocabulary()
-    assert 300 <= len(vocabulary) <= 500
+    assert 200 <= len(vocabulary) <= 300
     rng = random.Random(0)
     sentences = [text.sentence(rng) for _ in range(5000)]
     again, other = random.Random(0), random.Random(1)

@@ -1,4 +1,5 @@
-"""Deterministic TED-like English sentences from a small vocabulary (about 400 words).
+"""Deterministic TED-like English sentences from a small vocabulary (about 250 words,
+few enough that a laptop-sized model hears each word often).
 
 Sentences are lists of lower-case tokens written the TED-LIUM way: contractions are split
 before the apostrophe (``it 's``, ``we 're``, ``don 't``). :func:`spoken_text` joins them back
@@ -18,24 +19,16 @@ def _words(text: str) -> tuple[str, ...]:
 
 
 NOUNS = _words(
-    "world idea city people story problem question answer future planet brain child children "
-    "teacher school student water energy food money time year day life country family friend "
-    "community company computer machine robot data science scientist design music language book "
-    "picture map ocean forest tree animal bird fish cell body heart disease doctor hospital "
-    "patient village street house home car road light sound voice space star moon earth climate "
-    "island mountain river farmer market phone network system project experiment result number "
-    "pattern model engineer artist mother father government power war peace girl boy woman man "
-    "job work game video camera message paper door window wall garden kitchen table chair week "
-    "morning night history art truth reason mind memory dream fear hope freedom choice change "
-    "moment place room team leader audience stage talk tool battery sun air plant species virus "
-    "medicine bridge building museum library"
+    "world idea city people story problem question future planet brain child teacher school "
+    "student water energy food money time year day life country family friend company computer "
+    "machine robot data science design music language book picture ocean forest animal heart "
+    "doctor home car light voice space climate island river market phone system project "
+    "experiment model job video camera garden week history truth memory dream change team talk"
 )
 
 ADJECTIVES = _words(
-    "new old big small good bad great simple hard easy important beautiful amazing strange "
-    "different same whole real true human social global local digital natural young little "
-    "long short large tiny deep dark bright clear open free safe poor rich strong powerful "
-    "quiet loud wonderful terrible incredible happy curious huge ancient modern"
+    "new old big small good bad great simple hard important beautiful amazing different real "
+    "human global young long deep open free strong happy huge modern"
 )
 
 ADVERBS = _words(
@@ -64,36 +57,6 @@ VERBS = (
     ("protect", "protected", "protecting", "protected"),
     ("grow", "grew", "growing", "grown"),
     ("fix", "fixed", "fixing", "fixed"),
-    ("share", "shared", "sharing", "shared"),
-    ("teach", "taught", "teaching", "taught"),
-    ("learn", "learned", "learning", "learned"),
-    ("solve", "solved", "solving", "solved"),
-    ("test", "tested", "testing", "tested"),
-    ("use", "used", "using", "used"),
-    ("save", "saved", "saving", "saved"),
-    ("explore", "explored", "exploring", "explored"),
-    ("follow", "followed", "following", "followed"),
-    ("connect", "connected", "connecting", "connected"),
-    ("map", "mapped", "mapping", "mapped"),
-    ("watch", "watched", "watching", "watched"),
-    ("hear", "heard", "hearing", "heard"),
-    ("write", "wrote", "writing", "written"),
-    ("read", "read", "reading", "read"),
-    ("draw", "drew", "drawing", "drawn"),
-    ("feed", "fed", "feeding", "fed"),
-    ("train", "trained", "training", "trained"),
-    ("help", "helped", "helping", "helped"),
-    ("move", "moved", "moving", "moved"),
-    ("open", "opened", "opening", "opened"),
-    ("start", "started", "starting", "started"),
-    ("lose", "lost", "losing", "lost"),
-    ("win", "won", "winning", "won"),
-    ("send", "sent", "sending", "sent"),
-    ("buy", "bought", "buying", "bought"),
-    ("sell", "sold", "selling", "sold"),
-    ("ask", "asked", "asking", "asked"),
-    ("answer", "answered", "answering", "answered"),
-    ("remember", "remembered", "remembering", "remembered"),
 )
 
 SUBJECTS = ("i", "we", "you", "they", "people", "scientists", "kids", "my mother", "our team")

@@ -46,7 +46,7 @@ class ASR(MemristorBrain):
         if stage == sb.Stage.TRAIN and hasattr(self.hparams, "fea_augment"):
             feats, _ = self.hparams.fea_augment(feats, wav_lens)
         src = self.modules.CNN(feats)
-        encoded = self.modules.Transformer.encode(src, wav_lens)
+        encoded = self.modules.encoder(src, wav_lens)
         logits = self.modules.ctc_lin(encoded)
         return self.hparams.log_softmax(logits), wav_lens
 
