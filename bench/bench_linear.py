@@ -13,6 +13,10 @@ The machine's load average is printed: on a shared machine, other processes make
 short parallel regions of the analog read wait for descheduled OpenMP threads, which inflates
 the 2-thread analog times far more than F.linear's; ``--threads 1`` is less sensitive.
 
+Each line also gives the analog read's matrix-product work in F.linear units: planes x
+padded_in / in products with the difference matrix, twice that with read noise (the variance is
+a second product). That ratio is a floor for the time ratio whatever the elementwise work costs.
+
 Programming throughput is measured on one layer (4 cells per 3-bit weight) and extrapolated
 linearly to a 40 M-weight model (the authors' Conformer maps about 40.7 M weights).
 """
@@ -102,13 +106,17 @@ def bench_shape(in_features: int, out_features: int, frames: int, repeats: int) 
             digital_s = statistics.median(digital_times)
             analog_peak = peak_forward_bytes(analog)
             digital_peak = peak_forward_bytes(digital)
+        chip = layer.matmul.chip
+        matmul_work = (
+            chip.planes * chip.layout.padded_in / in_features * (1 if noise == "off" else 2)
+        )
         print(
             f"{in_features:4d}->{out_features:<5d} noise={noise:8s} frames={frames}: "
             f"analog {analog_s * 1e3:7.1f} ms, F.linear {digital_s * 1e3:6.1f} ms, "
-            f"ratio {analog_s / digital_s:5.2f}x | peak alloc analog "
+            f"ratio {analog_s / digital_s:5.2f}x (work {matmul_work:.0f}x) | peak alloc analog "
             f"{analog_peak / 2**20:6.1f} MiB, F.linear {digital_peak / 2**20:5.1f} MiB, "
             f"ratio {analog_peak / digital_peak:4.2f}x | rare cells "
-            f"{layer.matmul.chip.rare_cell_count}/{layer.matmul.chip.cell_count}"
+            f"{chip.rare_cell_count}/{chip.cell_count}"
         )
 
 

@@ -41,7 +41,6 @@ import json
 import logging
 import os
 import statistics
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
@@ -52,6 +51,7 @@ from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, registe
 from speechbrain.utils.distributed import if_main_process
 from torch.utils.data import DataLoader
 
+from speechbrain_memristor.atomic import write_atomic
 from speechbrain_memristor.config import HardwareConfig
 from speechbrain_memristor.convert import (
     convert,
@@ -329,9 +329,9 @@ class MemristorHook:
             "csv": f"{stem}.csv",
             "json": f"{stem}.json",
         }
-        _write_atomic(paths["md"], self._markdown(runs, summary))
-        _write_atomic(paths["csv"], self._csv(runs, summary))
-        _write_atomic(paths["json"], json.dumps(document, indent=2) + "\n")
+        write_atomic(paths["md"], self._markdown(runs, summary))
+        write_atomic(paths["csv"], self._csv(runs, summary))
+        write_atomic(paths["json"], json.dumps(document, indent=2) + "\n")
         return paths
 
     def _columns(self) -> list[str]:
@@ -400,20 +400,6 @@ def _summarize(analog_runs: list[EvaluationRun]) -> dict:
     metrics = [run.metric for run in analog_runs]
     summary["metric"] = None if None in metrics else _statistics(metrics)
     return summary
-
-
-def _write_atomic(path: str, text: str) -> None:
-    """Write ``text`` to a temporary file next to ``path``, then rename it over ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".part")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
 
 
 def find_hook(hparams: Mapping | None) -> MemristorHook:

@@ -66,16 +66,20 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
             "resumes where the last one stopped."
         ),
     )
-    parser.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
+    from speechbrain_memristor.demo import DemoSettings
+
+    defaults = DemoSettings()
     parser.add_argument(
-        "--weight-bits", type=int, default=3, help="QAT/chip weight bits (default: 3)"
+        "--out", default=str(defaults.out_dir), help=f"output folder (default: {defaults.out_dir})"
     )
-    parser.add_argument("--chips", type=int, default=5, help="analog chips to program (default: 5)")
-    parser.add_argument(
-        "--utterances", type=int, default=1000, help="corpus size, all splits (default: 1000)"
-    )
-    parser.add_argument("--float-epochs", type=int, default=25, help="float epochs (default: 25)")
-    parser.add_argument("--qat-epochs", type=int, default=5, help="QAT epochs (default: 5)")
+    for option, value, meaning in (
+        ("--weight-bits", defaults.weight_bits, "QAT/chip weight bits"),
+        ("--chips", defaults.chips, "analog chips to program"),
+        ("--utterances", defaults.utterances, "corpus size, all splits"),
+        ("--float-epochs", defaults.float_epochs, "float baseline epochs"),
+        ("--qat-epochs", defaults.qat_epochs, "QAT fine-tuning epochs"),
+    ):
+        parser.add_argument(option, type=int, default=value, help=f"{meaning} (default: {value})")
     parser.set_defaults(handler=_run_demo)
 
 
@@ -105,12 +109,243 @@ def _run_demo(args: argparse.Namespace) -> int:
     print(
         f"Results: {settings.out_dir / 'results.md'} and {settings.out_dir / 'wer_by_execution.png'}"
     )
+    print(f"Hardware report of the QAT model: {summary['hardware_report']}")
+    return 0
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, separator, value = text.partition("=")
+    if not separator or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value
+
+
+def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments shared by report and sweep: hparams file, trained run, overrides, split."""
+    parser.add_argument("hparams", metavar="HPARAMS", help="the recipe's hparams YAML file")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="KEY=VALUE",
+        type=_key_value,
+        action="append",
+        default=[],
+        help="hparams override the run was trained with (YAML value), repeatable",
+    )
+    parser.add_argument("--split", default="test", help="dev or test (default: test)")
+
+
+def _overrides(pairs: list[tuple[str, str]]) -> dict[str, object]:
+    import yaml
+
+    return {key: yaml.safe_load(value) for key, value in pairs}
+
+
+def _add_report(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "report",
+        help="hardware inventory, first-order energy/latency and per-layer analog error",
+        description=(
+            "Load a trained recipe run (its best checkpoint), and write hardware_report."
+            "{md,csv,json}: per mapped layer the weights, bit planes, tiles, cells (LRS/HRS), "
+            "tile utilization, DAC/ADC conversions and cell reads per frame, first-order energy "
+            "and latency per frame, and the relative RMS error of the analog output against "
+            "the fake_quant output on a few utterances of the split."
+        ),
+    )
+    _add_recipe_arguments(parser)
+    parser.add_argument("--run", required=True, help="the trained run's output folder")
+    parser.add_argument(
+        "--utterances",
+        type=int,
+        default=4,
+        help="utterances of the split for the per-layer error (0: skip; default: 4)",
+    )
+    parser.add_argument(
+        "--train-script", default=None, help="the recipe's train.py (default: ../train.py)"
+    )
+    parser.add_argument("--out", default=None, help="output folder (default: the run folder)")
+    parser.set_defaults(handler=_run_report)
+
+
+def _load_trained_brain(hparams_file: str, run: str, overrides: dict, train_script: str):
+    """The recipe's Brain (the MemristorBrain subclass in train_script) with the run's best
+    checkpoint (lowest WER, else newest) loaded; and its hparams."""
+    import importlib.util
+
+    from hyperpyyaml import load_hyperpyyaml
+
+    from speechbrain_memristor.brain import MemristorBrain
+    from speechbrain_memristor.sweep import TrainedRun
+
+    trained = TrainedRun.load(run)
+    recipe_overrides = {
+        key: trained.recipe_value(key) for key in ("data_folder", "prepared_folder")
+    }
+    recipe_overrides = {k: v for k, v in recipe_overrides.items() if v is not None}
+    recipe_overrides.update(overrides)
+    recipe_overrides["output_folder"] = str(trained.folder)
+    with open(hparams_file, encoding="utf-8") as stream:
+        hparams = load_hyperpyyaml(stream, recipe_overrides)
+    spec = importlib.util.spec_from_file_location("memristor_recipe", train_script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    classes = [
+        value
+        for value in vars(module).values()
+        if isinstance(value, type)
+        and issubclass(value, MemristorBrain)
+        and value is not MemristorBrain
+    ]
+    if len(classes) != 1:
+        raise ValueError(f"{train_script} must define exactly one MemristorBrain subclass.")
+    brain = classes[0](
+        modules=hparams["modules"],
+        opt_class=hparams.get("opt_class"),
+        hparams=hparams,
+        run_opts={"device": "cpu"},
+        checkpointer=hparams["checkpointer"],
+    )
+    checkpointer = brain.checkpointer
+    checkpoint = checkpointer.find_checkpoint(min_key="WER") or checkpointer.find_checkpoint()
+    checkpointer.load_checkpoint(checkpoint)
+    brain.modules.eval()
+    return brain, hparams
+
+
+def _split_signals(hparams: dict, split: str, count: int) -> list[dict]:
+    """The first ``count`` utterances (id, signal) of the split's prepared CSV."""
+    import csv
+
+    from speechbrain.dataio.dataio import read_audio
+
+    csv_key = {"dev": "valid_csv", "test": "test_csv"}[split]
+    with open(hparams[csv_key], encoding="utf-8") as stream:
+        rows = list(csv.DictReader(stream))[:count]
+    return [{"id": row["ID"], "sig": read_audio(row["wav"])} for row in rows]
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    import logging
+    from pathlib import Path
+
+    import speechbrain as sb
+    import torch
+    from speechbrain.dataio.batch import PaddedBatch
+
+    from speechbrain_memristor.report import hardware_report, layer_errors
+    from speechbrain_memristor.sweep import SweepError
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.split not in ("dev", "test"):
+        print(f"{PROGRAM} report: error: --split must be dev or test.", file=sys.stderr)
+        return 1
+    train_script = args.train_script or str(Path(args.hparams).resolve().parents[1] / "train.py")
+    try:
+        brain, hparams = _load_trained_brain(
+            args.hparams, args.run, _overrides(args.overrides), train_script
+        )
+    except (OSError, ValueError, SweepError) as error:
+        print(f"{PROGRAM} report: error: {error}", file=sys.stderr)
+        return 1
+    model = brain.memristor.model
+    errors = None
+    if args.utterances > 0:
+        examples = _split_signals(hparams, args.split, args.utterances)
+
+        def forward() -> None:
+            for example in examples:
+                brain.compute_forward(PaddedBatch([example]), sb.Stage.TEST)
+
+        torch.manual_seed(0)
+        errors = layer_errors(model, forward)
+    report = hardware_report(model, errors)
+    paths = report.write(args.out or args.run)
+    print(report.markdown())
+    print(f"Report: {paths['md']}")
+    return 0
+
+
+def _add_sweep(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "sweep",
+        help="evaluate trained runs on a grid of hardware settings (no retraining)",
+        description=(
+            "Evaluate trained recipe runs in analog execution at every point of a grid of "
+            "hardware settings (test-only recipe runs, one folder per point under OUT/points), "
+            "resuming after an interruption, then write OUT/sweep.{csv,json,md} and plots. "
+            "Grid axes: adc (P/R pairs or ideal), adc_precision_bits, adc_range_bits, dac_bits, "
+            "tile_size, read_noise, device_params, initial_cycles, num_chips, hardware_seed, "
+            "weight_bits (picks among the given runs; see speechbrain_memristor.sweep)."
+        ),
+    )
+    _add_recipe_arguments(parser)
+    parser.add_argument(
+        "--run",
+        dest="runs",
+        action="append",
+        required=True,
+        help="a trained run's output folder (repeat for runs of other weight bits)",
+    )
+    parser.add_argument(
+        "--grid",
+        metavar="AXIS=V1,V2",
+        type=_key_value,
+        action="append",
+        default=[],
+        help="grid axis values, e.g. adc=8/10,4/4,2/2 or dac_bits=6,8 (repeatable)",
+    )
+    parser.add_argument("--grid-file", default=None, help="YAML file of axis: [values]")
+    parser.add_argument("--float-run", default=None, help="float baseline run (for the plots)")
+    parser.add_argument("--out", default="sweep", help="sweep folder (default: sweep)")
+    parser.add_argument(
+        "--train-script", default=None, help="the recipe's train.py (default: ../train.py)"
+    )
+    parser.set_defaults(handler=_run_sweep)
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    import logging
+    from pathlib import Path
+
+    from speechbrain_memristor.sweep import (
+        Sweep,
+        SweepError,
+        TrainedRun,
+        load_grid_file,
+        parse_grid,
+    )
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    train_script = args.train_script or str(Path(args.hparams).resolve().parents[1] / "train.py")
+    try:
+        grid = load_grid_file(args.grid_file) if args.grid_file else {}
+        grid.update(dict(args.grid))
+        sweep = Sweep(
+            hparams=Path(args.hparams),
+            runs=[TrainedRun.load(run) for run in args.runs],
+            grid=parse_grid(grid),
+            out_dir=Path(args.out),
+            split=args.split,
+            overrides=_overrides(args.overrides),
+            float_run=Path(args.float_run) if args.float_run else None,
+            train_script=Path(train_script),
+        )
+        results = sweep.run()
+    except (OSError, SweepError) as error:
+        print(f"{PROGRAM} sweep: error: {error}", file=sys.stderr)
+        return 1
+    print((Path(args.out) / "sweep.md").read_text(encoding="utf-8"))
+    for plot in results["plots"]:
+        print(f"Plot: {plot}")
     return 0
 
 
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_make_corpus,
     _add_demo,
+    _add_report,
+    _add_sweep,
 )
 
 

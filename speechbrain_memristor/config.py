@@ -86,6 +86,19 @@ class HardwareConfig:
     Quantization-aware training: ``observer`` ("minmax" or "moving_average" with
     ``observer_momentum``) calibrates the DAC input range; ``adc_in_training`` also emulates
     the per-tile per-plane ADC of ideal cells in ``fake_quant``.
+
+    Cost figures (used only by `speechbrain_memristor.report`; first-order estimates, not
+    simulated): an ADC conversion costs ``adc_energy_per_step`` * 2^(p + r) joules (a Walden
+    figure of merit; p + r bits cover the ADC's range), a DAC conversion
+    ``dac_energy_per_step`` * 2^dac_bits joules, a cell read ``cell_read_time`` * U * I(U, r)
+    at the full-scale input voltage, and one read of a layer's tiles (all in parallel, including
+    conversion) takes ``tile_read_latency`` seconds. Defaults and their public sources:
+    ``adc_energy_per_step`` 10 fJ per conversion step, within the range of the Walden figures of
+    merit of low- and medium-resolution SAR ADCs in B. Murmann's "ADC Performance Survey
+    1997-2024" (best designs about 1 fJ, many 5-50 fJ); ``dac_energy_per_step`` 0.2 fJ, about
+    the per-conversion energy of the 1-bit DACs (2 steps) in the ISAAC accelerator (Shafiee et
+    al., ISCA 2016: 1024 DACs, 4 mW, 100 ns cycle); ``cell_read_time`` and
+    ``tile_read_latency`` 100 ns, ISAAC's crossbar read cycle.
     """
 
     weight_bits: int = 3
@@ -109,6 +122,10 @@ class HardwareConfig:
     observer: str = "minmax"
     observer_momentum: float = 0.01
     adc_in_training: bool = False
+    adc_energy_per_step: float = 1e-14  # J per ADC conversion step (Walden figure of merit)
+    dac_energy_per_step: float = 2e-16  # J per DAC conversion step
+    cell_read_time: float = 1e-7  # s, duration of one cell read
+    tile_read_latency: float = 1e-7  # s, one parallel read of a layer's tiles
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -173,6 +190,10 @@ class HardwareConfig:
         )
         if not isinstance(self.adc_in_training, bool):
             _fail("adc_in_training", self.adc_in_training, "expected true or false")
+        for cost in ("adc_energy_per_step", "dac_energy_per_step"):
+            set_(self, cost, _check_float(cost, getattr(self, cost), 0.0, 1e-6, False))
+        for duration in ("cell_read_time", "tile_read_latency"):
+            set_(self, duration, _check_float(duration, getattr(self, duration), 0.0, 1.0, False))
 
     @property
     def weight_qmax(self) -> int:

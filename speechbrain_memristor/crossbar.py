@@ -60,10 +60,12 @@ PROGRAMMING_CHUNK_CELLS = 1 << 19
 # Amplitude (V) of the optional random initial cycles: U(-2, 2) V pulses.
 INITIAL_CYCLE_VOLTAGE = 2.0
 # Reads run in blocks of at most READ_BLOCK_ROWS input rows and as many output columns as keep
-# one [tiles_in, rows, columns * planes] temporary within READ_BLOCK_ELEMENTS (2 MiB in float32):
-# large enough for efficient matrix products, small next to a layer's output.
-READ_BLOCK_ROWS = 256
-READ_BLOCK_ELEMENTS = 1 << 19
+# one [tiles_in, rows, columns * planes] temporary within READ_BLOCK_ELEMENTS (4 MiB in float32;
+# three such buffers with read noise). Single-threaded speed is flat from 2^19 to 2^21 elements;
+# larger blocks mean fewer, longer parallel regions, which matters on a loaded machine where every
+# short region waits for a descheduled OpenMP thread (bench/bench_linear.py).
+READ_BLOCK_ROWS = 512
+READ_BLOCK_ELEMENTS = 1 << 20
 # SynaptogenML's noise constants: bandwidth (Hz) and Euler's number in place of the charge.
 SYNAPTOGENML_BANDWIDTH = 1e-8
 SYNAPTOGENML_CHARGE = EULER_NUMBER
@@ -148,7 +150,7 @@ class _ReadNoise:
 
     alpha_lut: Tensor  # [levels + 1] a s L per cell, last entry 0 (absent row)
     beta_lut: Tensor  # [levels + 1] a s D per unit of r, last entry 0
-    total: Tensor  # [tiles_in, tile_rows + 1, out * planes]: r+ + r-, then a row of ones
+    total: Tensor  # [tiles_in, tile_rows, out * planes]: r+ + r-
     rare_rows: Tensor  # [n] input row of each cell above the smallest r*
     rare_tiles: Tensor  # [n] its input tile
     rare_columns: Tensor  # [n] out * planes column index, sorted
@@ -176,7 +178,10 @@ class ReadPath:
 def tiled_read(
     inputs: Tensor, input_scale: Tensor, path: ReadPath, noise: _ReadNoise | None = None
 ) -> Tensor:
-    """Shift-and-added ADC values [N, out] for inputs [N, in] (DAC with ``input_scale``)."""
+    """Shift-and-added ADC values [N, out] for inputs [N, in] (DAC with ``input_scale``).
+
+    Each block's ADC steps, variance and Gaussian samples live in buffers allocated once per
+    call (at most READ_BLOCK_ELEMENTS floats each) and are filled in place."""
     layout, planes = path.layout, path.plane_weights.shape[0]
     tiles, out_features = layout.tiles_in, layout.out_features
     rows = inputs.shape[0]
@@ -184,10 +189,13 @@ def tiled_read(
     block_cols = max(1, min(out_features, READ_BLOCK_ELEMENTS // (tiles * block_rows * planes)))
     absent = path.mean_lut.shape[0] - 1
     column_starts = range(0, out_features, block_cols)
+    buffer_size = tiles * block_rows * block_cols * planes
+    steps_buffer = inputs.new_empty(buffer_size)
     if noise is not None:  # rare cells of each column block: a slice of the sorted list
         block_edges = [column * planes for column in column_starts] + [out_features * planes]
         edges = torch.tensor(block_edges, device=noise.rare_columns.device)
         rare_edges = torch.searchsorted(noise.rare_columns, edges).tolist()
+        variance_buffer, samples_buffer = inputs.new_empty(2, buffer_size)
     result = inputs.new_empty(rows, out_features)
     for row in range(0, rows, block_rows):
         codes = path.dac.integers(inputs[row : row + block_rows], input_scale)
@@ -198,13 +206,21 @@ def tiled_read(
         # Level indices tile-major and contiguous: [tiles_in * count * tile_rows].
         tile_levels = padded.view(count, tiles, layout.tile_rows).transpose(0, 1).reshape(-1)
         mean_coefficients = path.mean_lut.index_select(0, tile_levels).view(tiles, count, -1)
-        noise_coefficients = None if noise is None else _noise_coefficients(tile_levels, noise)
+        if noise is not None:
+            beta, offset = _noise_coefficients(tile_levels, noise)
         for index, column in enumerate(column_starts):
             block = slice(column * planes, min(column + block_cols, out_features) * planes)
-            steps = torch.bmm(mean_coefficients, path.difference[:, :, block])
+            shape = (tiles, count, block.stop - block.start)
+            size = math.prod(shape)
+            steps = steps_buffer[:size].view(shape)
+            torch.bmm(mean_coefficients, path.difference[:, :, block], out=steps)
             if noise is not None:
+                variance = variance_buffer[:size].view(shape)
+                torch.baddbmm(offset, beta, noise.total[:, :, block], out=variance)
                 rare = slice(rare_edges[index], rare_edges[index + 1])
-                _add_read_noise(steps, noise_coefficients, levels, block, rare, noise)
+                _correct_rare_cells(variance, levels, block, rare, noise)
+                samples = samples_buffer[:size].view(shape).normal_(generator=noise.generator)
+                steps.addcmul_(variance.clamp_min_(0.0).sqrt_(), samples)
             path.adc.quantize_steps_(steps)
             plane_codes = steps.sum(0).view(count, -1, planes)
             result[row : row + count, column : column + block_cols] = (
@@ -213,42 +229,32 @@ def tiled_read(
     return result
 
 
-def _noise_coefficients(tile_levels: Tensor, noise: _ReadNoise) -> Tensor:
-    """[tiles_in, count, tile_rows + 1]: a s D per row, then 2 sum_rows a s L (for the row of
-    ones in ``noise.total``)."""
-    tiles, tile_rows = noise.total.shape[0], noise.total.shape[1] - 1
+def _noise_coefficients(tile_levels: Tensor, noise: _ReadNoise) -> tuple[Tensor, Tensor]:
+    """Per input tile and row: a s D per cell [tiles_in, count, tile_rows] and the column
+    offset 2 sum_rows a s L [tiles_in, count, 1] of the closed-form variance."""
+    tiles, tile_rows = noise.total.shape[:2]
     beta = noise.beta_lut.index_select(0, tile_levels).view(tiles, -1, tile_rows)
     alpha = noise.alpha_lut.index_select(0, tile_levels).view(tiles, -1, tile_rows)
-    return torch.cat([beta, 2.0 * alpha.sum(-1, keepdim=True)], dim=-1)
+    return beta, 2.0 * alpha.sum(-1, keepdim=True)
 
 
-def _add_read_noise(
-    steps: Tensor,
-    coefficients: Tensor,
-    levels: Tensor,
-    block: slice,
-    rare: slice,
-    noise: _ReadNoise,
+def _correct_rare_cells(
+    variance: Tensor, levels: Tensor, block: slice, rare: slice, noise: _ReadNoise
 ) -> None:
-    """In place: steps += sqrt(variance) * N(0, 1) for the column ``block``, variance from the
-    closed form plus the exact correction of the block's rare cells (``rare`` slice)."""
-    variance = torch.bmm(coefficients, noise.total[:, :, block])
-    if rare.stop > rare.start:
-        rare_levels = levels[:, noise.rare_rows[rare]]  # [count, n]
-        linear = (
-            noise.alpha_lut[rare_levels] + noise.rare_states[rare] * noise.beta_lut[rare_levels]
-        )
-        correction = torch.relu(linear.neg_()).mul_(2.0)
-        batch = torch.arange(levels.shape[0], device=levels.device).unsqueeze(1)
-        index = (
-            noise.rare_tiles[rare].expand_as(rare_levels),
-            batch.expand_as(rare_levels),
-            (noise.rare_columns[rare] - block.start).expand_as(rare_levels),
-        )
-        variance.index_put_(index, correction, accumulate=True)
-    std = variance.clamp_min_(0.0).sqrt_()
-    samples = torch.randn(std.shape, generator=noise.generator, device=std.device, dtype=std.dtype)
-    steps.addcmul_(std, samples)
+    """In place: add 2 max(0, -a s (L + r D)) for the rare cells of the column ``block``
+    (``rare`` slice of the sorted list), making their contribution a |I| exactly."""
+    if rare.stop == rare.start:
+        return
+    rare_levels = levels[:, noise.rare_rows[rare]]  # [count, n]
+    linear = noise.alpha_lut[rare_levels] + noise.rare_states[rare] * noise.beta_lut[rare_levels]
+    correction = torch.relu(linear.neg_()).mul_(2.0)
+    batch = torch.arange(levels.shape[0], device=levels.device).unsqueeze(1)
+    index = (
+        noise.rare_tiles[rare].expand_as(rare_levels),
+        batch.expand_as(rare_levels),
+        (noise.rare_columns[rare] - block.start).expand_as(rare_levels),
+    )
+    variance.index_put_(index, correction, accumulate=True)
 
 
 def ideal_read(
@@ -363,8 +369,7 @@ class Crossbar(torch.nn.Module):
         mean_lut = (curves.high(volts) - curves.low(volts)) * steps_per_ampere
         self._buffer("mean_lut", F.pad(mean_lut, (0, 1)))
         self._buffer("difference", to_tile_major(states_pos - states_neg, self.layout))
-        total = to_tile_major(states_pos + states_neg, self.layout)
-        self._buffer("total", F.pad(total, (0, 0, 0, 1), value=1.0))  # + row of ones
+        self._buffer("total", to_tile_major(states_pos + states_neg, self.layout))
         plane_weights = (2.0 ** torch.arange(planes, dtype=torch.float32)) * self.adc.step
         self._buffer("plane_weights", plane_weights)
 
@@ -429,9 +434,8 @@ class Crossbar(torch.nn.Module):
     def states(self) -> tuple[Tensor, Tensor]:
         """(r_pos, r_neg), each [planes, in, out], recovered from the stored sum and difference
         matrices (exact up to float32 rounding of r+ +- r-)."""
-        total = self.total[:, :-1]
-        r_pos = (total + self.difference) / 2
-        r_neg = (total - self.difference) / 2
+        r_pos = (self.total + self.difference) / 2
+        r_neg = (self.total - self.difference) / 2
         return from_tile_major(r_pos, self.layout), from_tile_major(r_neg, self.layout)
 
     @property

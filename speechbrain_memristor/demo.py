@@ -9,7 +9,9 @@ checkpoints):
 3. ``qat_<b>bit/``: the same recipe fine-tunes the float model with quantization-aware
    training (``fake_quant``) at ``b``-bit weights and evaluates test WER in ``digital``,
    ``fake_quant`` and ``analog`` execution on several programmed chips.
-4. ``results.{md,csv,json}`` and ``wer_by_execution.png`` in the output folder.
+4. ``qat_<b>bit/hardware_report.{md,csv,json}``: the ``report`` command on the QAT model
+   (inventory, first-order energy and latency, per-layer analog error).
+5. ``results.{md,csv,json}`` and ``wer_by_execution.png`` in the output folder.
 
 Everything runs in the recipe's own scripts; this module only orchestrates them.
 """
@@ -57,7 +59,7 @@ class DemoSettings:
     corpus_seed: int = 0
     weight_bits: int = 3
     chips: int = 5
-    float_epochs: int = 25
+    float_epochs: int = 35
     qat_epochs: int = 5
     hardware_preset: str = "paper"
 
@@ -88,8 +90,13 @@ def run_recipe(output_folder: Path, overrides: dict[str, object], log_name: str)
     """
     command = [sys.executable, str(recipe_train_script()), DEMO_HPARAMS]
     command += [f"--{key}={value}" for key, value in overrides.items()]
-    output_folder.mkdir(parents=True, exist_ok=True)
-    log_path = output_folder / log_name
+    run_logged(command, output_folder / log_name, "The recipe")
+
+
+def run_logged(command: list[str], log_path: Path, what: str) -> None:
+    """Run ``command`` in the recipe folder, showing its output live and keeping it in
+    ``log_path``; raise `DemoError` naming ``what`` and the log if it fails."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     logger.info("Running: %s", " ".join(command))
     with open(log_path, "w", encoding="utf-8") as log_file:
         process = subprocess.Popen(
@@ -106,7 +113,24 @@ def run_recipe(output_folder: Path, overrides: dict[str, object], log_name: str)
             log_file.write(line)
         returncode = process.wait()
     if returncode != 0:
-        raise DemoError(f"The recipe failed (exit status {returncode}); see {log_path}.")
+        raise DemoError(f"{what} failed (exit status {returncode}); see {log_path}.")
+
+
+def hardware_report(settings: DemoSettings) -> Path:
+    """Write (unless done) and return the QAT model's hardware report (Markdown): inventory,
+    first-order energy and latency per frame, per-layer analog error on 4 test utterances."""
+    report = settings.qat_folder / "hardware_report.md"
+    if not report.is_file():
+        command = [sys.executable, "-m", "speechbrain_memristor.cli", "report", DEMO_HPARAMS]
+        command += ["--run", str(settings.qat_folder), "--split", "test"]
+        for key, value in _hardware_overrides(settings).items():
+            command += ["--set", f"{key}={value}"]
+        run_logged(command, settings.qat_folder / "report_log.txt", "The hardware report")
+    return report
+
+
+def _hardware_overrides(settings: DemoSettings) -> dict[str, object]:
+    return {"hardware_preset": settings.hardware_preset, "weight_bits": settings.weight_bits}
 
 
 def evaluation_table(folder: Path) -> dict | None:
@@ -120,11 +144,10 @@ def train_and_evaluate(settings: DemoSettings, release: Path) -> tuple[dict, dic
     common = {
         "data_folder": release,
         "prepared_folder": settings.out_dir / "prepared",
-        "hardware_preset": settings.hardware_preset,
-        "weight_bits": settings.weight_bits,
+        **_hardware_overrides(settings),
     }
     if evaluation_table(settings.float_folder) is None:
-        logger.info("Step 2/4: float baseline (digital execution)")
+        logger.info("Step 2/5: float baseline (digital execution)")
         run_recipe(
             settings.float_folder,
             {
@@ -136,7 +159,7 @@ def train_and_evaluate(settings: DemoSettings, release: Path) -> tuple[dict, dic
             "recipe_log.txt",
         )
     if evaluation_table(settings.qat_folder) is None:
-        logger.info("Step 3/4: %d-bit QAT and analog evaluation", settings.weight_bits)
+        logger.info("Step 3/5: %d-bit QAT and analog evaluation", settings.weight_bits)
         run_recipe(
             settings.qat_folder,
             {
@@ -256,13 +279,16 @@ def run_demo(settings: DemoSettings) -> dict:
     """Run every step (skipping finished ones) and write the results; returns the summary."""
     from speechbrain_memristor.corpus.layout import make_corpus
 
-    logger.info("Step 1/4: synthesized TED-LIUM 2 corpus")
+    logger.info("Step 1/5: synthesized TED-LIUM 2 corpus")
     release = make_corpus(
         settings.out_dir / "corpus", utterances=settings.utterances, seed=settings.corpus_seed
     )
     float_table, qat_table = train_and_evaluate(settings, release)
-    logger.info("Step 4/4: results")
+    logger.info("Step 4/5: hardware report of the QAT model")
+    report = hardware_report(settings)
+    logger.info("Step 5/5: results")
     summary = summarize(settings, float_table, qat_table)
+    summary["hardware_report"] = str(report)
     write_atomic(settings.out_dir / "results.json", json.dumps(summary, indent=2) + "\n")
     write_atomic(settings.out_dir / "results.csv", csv_table(summary))
     write_atomic(settings.out_dir / "results.md", markdown_table(summary))

@@ -93,13 +93,13 @@ def _rebuild(mixin: type, base: type) -> torch.nn.Module:
 class HardwareAttention:
     """Common part of the attention mixins: execution mode, programming, pickling."""
 
-    def _projections(self) -> list[tuple[HardwareMatmul, Tensor]]:
+    def projections(self) -> list[tuple[HardwareMatmul, Tensor]]:
         """(matmul, weight [out, in]) of every mapped projection."""
         raise NotImplementedError
 
     def hardware_matmuls(self) -> list[HardwareMatmul]:
         """The `HardwareMatmul` of every mapped projection."""
-        return [matmul for matmul, _ in self._projections()]
+        return [matmul for matmul, _ in self.projections()]
 
     @property
     def execution(self) -> str:
@@ -115,7 +115,7 @@ class HardwareAttention:
 
     def program(self, seed: int | None = None) -> None:
         """Program every mapped projection onto a fresh chip (seed None -> hardware.seed)."""
-        for matmul, weight in self._projections():
+        for matmul, weight in self.projections():
             matmul.program(weight, seed)
 
     def _routed_forward(self, router: _Router, *args, **kwargs):
@@ -140,7 +140,7 @@ class HardwareInProjection(HardwareAttention):
     in_proj_weight: torch.nn.Parameter
     in_proj_matmul: HardwareMatmul
 
-    def _projections(self) -> list[tuple[HardwareMatmul, Tensor]]:
+    def projections(self) -> list[tuple[HardwareMatmul, Tensor]]:
         return [(self.in_proj_matmul, self.in_proj_weight)]
 
     def forward(self, *args, **kwargs):
@@ -171,7 +171,7 @@ class HardwareMultiheadAttention(HardwareAttention):
     in_proj_matmul: HardwareMatmul | None
     out_proj_matmul: HardwareMatmul | None
 
-    def _projections(self) -> list[tuple[HardwareMatmul, Tensor]]:
+    def projections(self) -> list[tuple[HardwareMatmul, Tensor]]:
         pairs = [
             (self.in_proj_matmul, self.in_proj_weight),
             (self.out_proj_matmul, self.out_proj.weight),

@@ -59,11 +59,17 @@ class ASR(MemristorBrain):
             hypotheses = sb.decoders.ctc_greedy_decode(
                 log_probs, wav_lens, blank_id=self.hparams.blank_index
             )
-            predicted = [self.tokenizer.sp.decode_ids(ids).split() for ids in hypotheses]
+            predicted = [self.decode_words(ids) for ids in hypotheses]
             targets = [words.split() for words in batch.wrd]
             self.wer_metric.append(batch.id, predicted, targets)
             self.cer_metric.append(batch.id, predicted, targets)
         return loss
+
+    def decode_words(self, ids: list[int]) -> list[str]:
+        """Words of one greedy CTC hypothesis. A small corpus can give the tokenizer fewer
+        pieces than `output_neurons`; ids past its vocabulary are never targets and are dropped."""
+        vocabulary = self.tokenizer.sp.get_piece_size()
+        return self.tokenizer.sp.decode_ids([i for i in ids if i < vocabulary]).split()
 
     def on_fit_batch_end(self, batch, outputs, loss, should_step):
         """Advance the Noam learning-rate schedule after each optimizer step."""
@@ -188,6 +194,12 @@ def main(argv):
     )
     run_on_main(train_tokenizer, kwargs={"hparams": hparams})
     tokenizer = train_tokenizer(hparams)
+    if tokenizer.sp.get_piece_size() > hparams["output_neurons"]:
+        raise ValueError(
+            f"output_neurons={hparams['output_neurons']} is smaller than the tokenizer's "
+            f"{tokenizer.sp.get_piece_size()} pieces in {hparams['tokenizer_folder']}; raise "
+            "output_neurons or delete that folder to train a smaller tokenizer."
+        )
     datasets = dataio_prepare(hparams, tokenizer)
 
     asr_brain = ASR(
@@ -209,7 +221,12 @@ def main(argv):
             valid_loader_kwargs=hparams["valid_dataloader_opts"],
         )
 
-    for split in ("dev", "test"):
+    unknown = [split for split in hparams["test_splits"] if split not in datasets]
+    if unknown:
+        raise ValueError(
+            f"test_splits={hparams['test_splits']!r}: unknown {unknown}; use dev, test."
+        )
+    for split in hparams["test_splits"]:
         asr_brain.hparams.wer_file = os.path.join(hparams["output_folder"], f"wer_{split}.txt")
         asr_brain.evaluate(
             datasets[split],

@@ -1,0 +1,369 @@
+"""Hardware report of a converted model: inventory, first-order cost, per-layer analog error.
+
+`hardware_report(model)` lists every mapped weight matrix (one `HardwareMatmul`) with
+
+- its crossbar matrix [out x in] and weight count, bit planes, physical tiles (each bit plane
+  is a differential pair of ``tile_rows`` x ``tile_cols`` arrays, rows = inputs, the last tile
+  zero-padded), cells (2 per weight and plane; padding excluded) split into LRS cells (holding
+  1, SET to low resistance) and HRS cells (holding 0), and tile utilization
+  (cells / tile capacity);
+- per input vector of the layer (one frame): DAC conversions (one per driven row of each
+  differential tile pair: planes x tiles_out x in), ADC conversions (one per column, plane and
+  input tile: planes x tiles_in x out) and cell reads (every cell once);
+- energy and latency per input vector from the per-operation costs in `HardwareConfig`
+  (see its docstring for the figures and sources): ADC and DAC energy per conversion, cell
+  read energy ``cell_read_time * U * I(U, r)`` summed over the programmed cells at the
+  full-scale input voltage U (an upper bound for real inputs), and ``tile_read_latency`` per
+  layer (a layer's tiles read in parallel, layers one after another).
+
+These are FIRST-ORDER ESTIMATES: no wires, buffers, digital shift-and-add, control or data
+movement; ADC energy follows a Walden figure of merit over p + r bits. Use them to compare
+settings, not as a chip's datasheet.
+
+`layer_errors(model, run)` measures, with forward hooks, each layer's relative RMS error of
+its output in another execution mode (default analog) against its fake_quant output on the
+same inputs: sqrt(sum (y - y_fq)^2 / sum y_fq^2) over everything ``run`` feeds the model.
+Each layer sees the fake_quant model's activations, so the figure is the layer's own error,
+not errors accumulated from earlier layers. It is exactly zero in fake_quant execution.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from speechbrain_memristor.atomic import write_atomic
+from speechbrain_memristor.config import HardwareConfig
+from speechbrain_memristor.convert import Model, hardware_layers, hardware_matmuls
+from speechbrain_memristor.converters import device_params
+from speechbrain_memristor.crossbar import CellCurves, TileLayout, magnitude_bit_planes
+from speechbrain_memristor.layers.attention import HardwareAttention
+from speechbrain_memristor.layers.conv import MemristorConv1d, MemristorConv2d
+from speechbrain_memristor.layers.matmul import HardwareMatmul, check_execution
+
+FIRST_ORDER_NOTE = (
+    "Energy and latency are first-order estimates from per-operation costs (HardwareConfig "
+    "adc_energy_per_step, dac_energy_per_step, cell_read_time, tile_read_latency): converters "
+    "and cell reads only, no wires, buffers, digital logic or data movement."
+)
+
+
+@dataclass(frozen=True)
+class LayerInventory:
+    """Hardware of one mapped weight matrix; counts per input vector, energy in joules,
+    latency in seconds (None: not estimated, e.g. ADC energy of an ideal ADC)."""
+
+    name: str
+    out_features: int
+    in_features: int
+    weights: int
+    bit_planes: int
+    tiles: int
+    capacity: int
+    cells: int
+    lrs_cells: int
+    hrs_cells: int
+    utilization: float
+    dac_conversions: int
+    adc_conversions: int
+    cell_reads: int
+    dac_energy: float
+    adc_energy: float | None
+    cell_energy: float
+    energy: float | None
+    latency: float
+    relative_error: float | None = None
+
+
+SUMMED = (
+    "weights",
+    "tiles",
+    "capacity",
+    "cells",
+    "lrs_cells",
+    "hrs_cells",
+    "dac_conversions",
+    "adc_conversions",
+    "cell_reads",
+    "dac_energy",
+    "adc_energy",
+    "cell_energy",
+    "energy",
+    "latency",
+)
+
+
+@dataclass(frozen=True)
+class HardwareReport:
+    """Per-layer inventory and the totals over layers (per frame: one vector per layer)."""
+
+    layers: tuple[LayerInventory, ...]
+
+    def total(self) -> dict[str, float | int | None]:
+        """Sums of the SUMMED fields (None where a layer has None) and overall utilization."""
+        totals: dict[str, float | int | None] = {}
+        for key in SUMMED:
+            values = [getattr(layer, key) for layer in self.layers]
+            totals[key] = None if None in values else sum(values)
+        totals["utilization"] = totals["cells"] / totals["capacity"]
+        return totals
+
+    def to_dict(self) -> dict:
+        return {
+            "note": FIRST_ORDER_NOTE,
+            "layers": [asdict(layer) for layer in self.layers],
+            "total": self.total(),
+        }
+
+    def rows(self) -> list[list[str]]:
+        """Table rows (layers, then the total) as formatted strings, matching `COLUMNS`."""
+        rows = [_format_row(asdict(layer), layer.name) for layer in self.layers]
+        rows.append(_format_row(self.total(), "total"))
+        return rows
+
+    def markdown(self, title: str = "Hardware report") -> str:
+        lines = [f"# {title}", "", FIRST_ORDER_NOTE, ""]
+        lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join(" --- " for _ in COLUMNS) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in self.rows()]
+        return "\n".join(lines) + "\n"
+
+    def csv(self) -> str:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(COLUMNS)
+        writer.writerows(self.rows())
+        return buffer.getvalue()
+
+    def write(self, folder: str | os.PathLike, stem: str = "hardware_report") -> dict[str, Path]:
+        """Write ``<stem>.{md,csv,json}`` atomically in ``folder``; returns the paths."""
+        folder = Path(folder)
+        return {
+            "md": write_atomic(folder / f"{stem}.md", self.markdown()),
+            "csv": write_atomic(folder / f"{stem}.csv", self.csv()),
+            "json": write_atomic(
+                folder / f"{stem}.json", json.dumps(self.to_dict(), indent=2) + "\n"
+            ),
+        }
+
+
+COLUMNS = (
+    "layer",
+    "matrix (out x in)",
+    "weights",
+    "planes",
+    "tiles",
+    "capacity",
+    "cells",
+    "LRS cells",
+    "HRS cells",
+    "utilization %",
+    "DAC conv.",
+    "ADC conv.",
+    "cell reads",
+    "DAC nJ",
+    "ADC nJ",
+    "cells nJ",
+    "energy nJ",
+    "latency ns",
+    "rel. RMS error",
+)
+
+
+def _format_row(values: Mapping, name: str) -> list[str]:
+    def nanojoules(key: str) -> str:
+        value = values[key]
+        return "n/a" if value is None else f"{value * 1e9:.4g}"
+
+    matrix = (
+        f"{values['out_features']} x {values['in_features']}" if "out_features" in values else ""
+    )
+    error = values.get("relative_error")
+    return [
+        name,
+        matrix,
+        str(values["weights"]),
+        str(values.get("bit_planes", "")),
+        str(values["tiles"]),
+        str(values["capacity"]),
+        str(values["cells"]),
+        str(values["lrs_cells"]),
+        str(values["hrs_cells"]),
+        f"{100 * values['utilization']:.1f}",
+        str(values["dac_conversions"]),
+        str(values["adc_conversions"]),
+        str(values["cell_reads"]),
+        nanojoules("dac_energy"),
+        nanojoules("adc_energy"),
+        nanojoules("cell_energy"),
+        nanojoules("energy"),
+        f"{values['latency'] * 1e9:.4g}",
+        "" if error is None else f"{error:.4g}",
+    ]
+
+
+def mapped_matrices(model: Model) -> Iterator[tuple[HardwareMatmul, Tensor]]:
+    """(matmul, crossbar weight [out, in]) of every mapped matrix of ``model``."""
+    for _, layer in hardware_layers(model):
+        if isinstance(layer, HardwareAttention):
+            yield from layer.projections()
+        elif isinstance(layer, MemristorConv1d | MemristorConv2d):
+            yield layer.matmul, layer.matrix()
+        else:
+            yield layer.matmul, layer.weight
+
+
+def adc_conversion_energy(hardware: HardwareConfig) -> float | None:
+    """Joules per ADC conversion: adc_energy_per_step * 2^(p + r) (None for an ideal ADC)."""
+    if not hardware.has_adc:
+        return None
+    bits = hardware.adc_precision_bits + hardware.adc_range_bits
+    return hardware.adc_energy_per_step * 2.0**bits
+
+
+def dac_conversion_energy(hardware: HardwareConfig) -> float:
+    """Joules per DAC conversion: dac_energy_per_step * 2^dac_bits."""
+    return hardware.dac_energy_per_step * 2.0**hardware.dac_bits
+
+
+@torch.no_grad()
+def layer_inventory(
+    matmul: HardwareMatmul, weight: Tensor, relative_error: float | None = None
+) -> LayerInventory:
+    """Inventory of one mapped matrix; programs its chip (hardware.seed) if it has none."""
+    hardware = matmul.hardware
+    out_features, in_features = weight.shape
+    layout = TileLayout.from_config(in_features, out_features, hardware)
+    planes = hardware.bit_planes
+    magnitudes = matmul.weight_quantizer.integers(weight).detach().abs().cpu()
+    lrs_cells = int(magnitude_bit_planes(magnitudes, planes).sum())
+    cells = planes * 2 * in_features * out_features
+    tiles = 2 * planes * layout.tiles_in * layout.tiles_out
+    capacity = tiles * layout.tile_rows * layout.tile_cols
+    dac_conversions = planes * layout.tiles_out * in_features
+    adc_conversions = planes * layout.tiles_in * out_features
+
+    chip = matmul.chip
+    if chip is None or chip.hardware != hardware or chip.layout != layout:
+        matmul.program(weight)
+        chip = matmul.chip
+    # sum over cells of I(U, r) = (1 - r) L(U) + r H(U) at the full-scale voltage U.
+    voltage = torch.tensor(hardware.input_voltage, dtype=torch.float64)
+    curves = CellCurves(device_params(hardware), hardware.cell_model)
+    low, high = float(curves.low(voltage)), float(curves.high(voltage))
+    state_sum = float(chip.total.double().sum())  # padded rows hold 0
+    current_sum = cells * low + state_sum * (high - low)
+    cell_energy = hardware.cell_read_time * hardware.input_voltage * current_sum
+
+    dac_energy = dac_conversions * dac_conversion_energy(hardware)
+    per_conversion = adc_conversion_energy(hardware)
+    adc_energy = None if per_conversion is None else adc_conversions * per_conversion
+    return LayerInventory(
+        name=matmul.name,
+        out_features=out_features,
+        in_features=in_features,
+        weights=out_features * in_features,
+        bit_planes=planes,
+        tiles=tiles,
+        capacity=capacity,
+        cells=cells,
+        lrs_cells=lrs_cells,
+        hrs_cells=cells - lrs_cells,
+        utilization=cells / capacity,
+        dac_conversions=dac_conversions,
+        adc_conversions=adc_conversions,
+        cell_reads=cells,
+        dac_energy=dac_energy,
+        adc_energy=adc_energy,
+        cell_energy=cell_energy,
+        energy=None if adc_energy is None else dac_energy + adc_energy + cell_energy,
+        latency=hardware.tile_read_latency,
+        relative_error=relative_error,
+    )
+
+
+def hardware_report(model: Model, errors: Mapping[str, float] | None = None) -> HardwareReport:
+    """Inventory of every mapped matrix of ``model`` (programs chips that are missing).
+
+    ``errors``: per-layer relative errors (from `layer_errors`) to include, by layer name.
+    """
+    errors = errors or {}
+    layers = tuple(
+        layer_inventory(matmul, weight, errors.get(matmul.name))
+        for matmul, weight in mapped_matrices(model)
+    )
+    if not layers:
+        raise ValueError("The model has no converted layers; call convert(model, hardware) first.")
+    return HardwareReport(layers)
+
+
+def _root_modules(model: Model) -> list[torch.nn.Module]:
+    return [model] if isinstance(model, torch.nn.Module) else list(model.values())
+
+
+@torch.no_grad()
+def layer_errors(
+    model: Model, run: Callable[[], object], execution: str = "analog"
+) -> dict[str, float]:
+    """Relative RMS error {layer name: value} of each layer's output in ``execution`` against
+    its fake_quant output on the same inputs, over everything ``run()`` feeds ``model``.
+
+    The model runs in fake_quant and eval mode while ``run`` executes; a forward hook on every
+    `HardwareMatmul` recomputes its output in ``execution``. Modes and training flags are
+    restored afterwards. A layer ``run`` never reaches is missing from the result.
+    """
+    check_execution(execution)
+    matmuls = hardware_matmuls(model)
+    modes = [matmul.execution for matmul in matmuls]
+    roots = _root_modules(model)
+    training = [(module, module.training) for root in roots for module in root.modules()]
+    squared_error: dict[str, float] = {}
+    squared_reference: dict[str, float] = {}
+    inside = []
+
+    def hook(matmul: HardwareMatmul, args, kwargs, output: Tensor) -> None:
+        if inside:  # the recomputation below calls this matmul again
+            return
+        inside.append(matmul)
+        try:
+            matmul.execution = execution
+            other = matmul(*args, **kwargs)
+        finally:
+            matmul.execution = "fake_quant"
+            inside.pop()
+        reference = output.detach().double()
+        difference = other.detach().double() - reference
+        name = matmul.name
+        squared_error[name] = squared_error.get(name, 0.0) + float(difference.square().sum())
+        squared_reference[name] = squared_reference.get(name, 0.0) + float(reference.square().sum())
+
+    handles = [matmul.register_forward_hook(hook, with_kwargs=True) for matmul in matmuls]
+    try:
+        for root in roots:
+            root.eval()
+        for matmul in matmuls:
+            matmul.execution = "fake_quant"
+        run()
+    finally:
+        for handle in handles:
+            handle.remove()
+        for matmul, mode in zip(matmuls, modes, strict=True):
+            matmul.execution = mode
+        for module, flag in training:
+            module.training = flag
+    return {name: _relative(squared_error[name], squared_reference[name]) for name in squared_error}
+
+
+def _relative(squared_error: float, squared_reference: float) -> float:
+    """sqrt(error / reference); 0 for no error, inf for an error against an all-zero output."""
+    if squared_error == 0.0:
+        return 0.0
+    return math.sqrt(squared_error / squared_reference) if squared_reference > 0 else math.inf

@@ -1,0 +1,148 @@
+"""Hardware report: exact inventory counts, first-order costs, per-layer analog error."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from speechbrain_memristor.config import HardwareConfig
+from speechbrain_memristor.convert import convert, hardware_matmuls
+from speechbrain_memristor.converters import device_params
+from speechbrain_memristor.report import hardware_report, layer_errors
+
+
+def integer_weights(out_features: int, in_features: int, qmax: int, seed: int) -> torch.Tensor:
+    """Integers in [-qmax, qmax] with qmax present, so that per-tensor quantization with
+    scale max|w| / qmax returns exactly these integers from weight = integers * 0.01."""
+    generator = torch.Generator().manual_seed(seed)
+    integers = torch.randint(-qmax, qmax + 1, (out_features, in_features), generator=generator)
+    integers[0, 0] = qmax
+    return integers
+
+
+def model_with_integers(hardware: HardwareConfig) -> tuple[torch.nn.Module, list[torch.Tensor]]:
+    """Linear 200 -> 130 and a pointwise Conv1d 130 -> 10 holding known weight integers."""
+    model = torch.nn.Sequential(torch.nn.Linear(200, 130), torch.nn.Conv1d(130, 10, 1))
+    qmax = hardware.weight_qmax
+    integers = [integer_weights(130, 200, qmax, 0), integer_weights(10, 130, qmax, 1)]
+    with torch.no_grad():
+        model[0].weight.copy_(integers[0] * 0.01)
+        model[1].weight.copy_((integers[1] * 0.01).unsqueeze(-1))
+    convert(model, hardware, "fake_quant", include=["*"])
+    return model, integers
+
+
+def popcount(integers: torch.Tensor) -> int:
+    return sum(bin(abs(value)).count("1") for value in integers.flatten().tolist())
+
+
+def test_inventory_counts_are_exact_with_tile_padding():
+    hardware = HardwareConfig(weight_bits=3, tile_rows=128, tile_cols=64, cell_model="ideal")
+    model, integers = model_with_integers(hardware)
+    linear, conv = hardware_report(model).layers
+    planes = 2  # 3-bit weights: 2 magnitude planes
+    # Linear [130 x 200]: inputs in ceil(200/128) = 2 row tiles, outputs in ceil(130/64) = 3.
+    assert (linear.out_features, linear.in_features, linear.weights) == (130, 200, 26000)
+    assert linear.bit_planes == planes
+    assert linear.tiles == 2 * planes * 2 * 3  # positive and negative array per plane
+    assert linear.capacity == linear.tiles * 128 * 64
+    assert linear.cells == linear.cell_reads == 2 * planes * 200 * 130
+    assert linear.utilization == pytest.approx(104000 / (24 * 128 * 64))
+    assert linear.dac_conversions == planes * 3 * 200
+    assert linear.adc_conversions == planes * 2 * 130
+    assert linear.lrs_cells == popcount(integers[0])
+    assert linear.hrs_cells == linear.cells - linear.lrs_cells
+    # Conv1d [10 x 130]: 2 row tiles (the second holds 2 rows), 1 column tile.
+    assert conv.tiles == 2 * planes * 2 * 1
+    assert conv.cells == 2 * planes * 130 * 10
+    assert (conv.dac_conversions, conv.adc_conversions) == (planes * 130, planes * 2 * 10)
+    assert conv.lrs_cells == popcount(integers[1])
+
+    untiled = HardwareConfig(weight_bits=3, tile_rows=0, tile_cols=0, cell_model="ideal")
+    linear = hardware_report(model_with_integers(untiled)[0]).layers[0]
+    assert linear.tiles == 2 * planes and linear.utilization == 1.0
+
+
+def test_energy_and_latency_follow_the_configured_costs():
+    hardware = HardwareConfig(
+        weight_bits=4,
+        adc_precision_bits=4,
+        adc_range_bits=6,
+        dac_bits=8,
+        cell_model="ideal",
+        adc_energy_per_step=2e-15,
+        dac_energy_per_step=3e-16,
+        cell_read_time=5e-8,
+        tile_read_latency=2e-7,
+    )
+    model, integers = model_with_integers(hardware)
+    report = hardware_report(model)
+    volts = hardware.input_voltage
+    g_lrs = device_params(hardware).g_llrs
+    for layer, weight_integers in zip(report.layers, integers, strict=True):
+        assert layer.adc_energy == pytest.approx(layer.adc_conversions * 2e-15 * 2**10)
+        assert layer.dac_energy == pytest.approx(layer.dac_conversions * 3e-16 * 2**8)
+        # Ideal cells: a 1 conducts U * G_LLRS, a 0 nothing; every cell read once at full scale.
+        expected = 5e-8 * volts * popcount(weight_integers) * volts * g_lrs
+        assert layer.cell_energy == pytest.approx(expected, rel=1e-5)
+        assert layer.energy == pytest.approx(layer.adc_energy + layer.dac_energy + expected)
+        assert layer.latency == 2e-7
+    total = report.total()
+    assert total["energy"] == pytest.approx(sum(layer.energy for layer in report.layers))
+    assert total["latency"] == pytest.approx(4e-7)
+
+    ideal_adc = hardware.replace(adc_precision_bits=None, adc_range_bits=None)
+    layer = hardware_report(model_with_integers(ideal_adc)[0]).layers[0]
+    assert layer.adc_energy is None and layer.energy is None
+
+
+def test_layer_error_is_zero_in_fake_quant_and_positive_in_analog():
+    torch.manual_seed(0)
+    inputs = torch.randn(32, 200)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(200, 130), torch.nn.ReLU(), torch.nn.Linear(130, 10)
+    )
+    convert(model, HardwareConfig.preset("paper"), "fake_quant", include=["*"])
+    model.train()
+
+    def run() -> None:
+        model(inputs)
+
+    assert layer_errors(model, run, "fake_quant") == {"0": 0.0, "2": 0.0}
+    analog = layer_errors(model, run)
+    # Synaptogen cells (HRS leakage, spread, nonlinearity), read noise and a 4-bit ADC: a few
+    # percent of output RMS; a broken comparison gives 0 or O(1).
+    assert set(analog) == {"0", "2"}
+    assert all(0.005 < error < 0.5 for error in analog.values())
+    # Ideal cells without noise and ADC reproduce fake_quant up to float rounding.
+    for matmul in hardware_matmuls(model):
+        matmul.hardware = HardwareConfig.preset("ideal")
+    assert all(error < 1e-5 for error in layer_errors(model, run).values())
+    # Modes and training flags are restored.
+    assert {matmul.execution for matmul in hardware_matmuls(model)} == {"fake_quant"}
+    assert all(module.training for module in model.modules())
+
+
+def test_report_files_agree(tmp_path):
+    hardware = HardwareConfig(weight_bits=3, cell_model="ideal")
+    model, _ = model_with_integers(hardware)
+    errors = {"0": 0.25}
+    report = hardware_report(model, errors)
+    paths = report.write(tmp_path)
+    document = json.loads(paths["json"].read_text())
+    rows = list(csv.DictReader(paths["csv"].open()))
+    assert [row["layer"] for row in rows] == ["0", "1", "total"]
+    assert [layer["cells"] for layer in document["layers"]] == [int(r["cells"]) for r in rows[:2]]
+    assert (
+        int(rows[2]["cells"])
+        == document["total"]["cells"]
+        == sum(layer.cells for layer in report.layers)
+    )
+    assert rows[0]["rel. RMS error"] == "0.25" and rows[1]["rel. RMS error"] == ""
+    markdown = paths["md"].read_text()
+    assert (
+        "first-order estimates" in markdown and markdown.count("\n| ") == 5
+    )  # header, separator, 2 layers, total

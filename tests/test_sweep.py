@@ -1,0 +1,161 @@
+"""Hardware sweeps and the report command on a recipe run trained on a tiny synthesized corpus.
+
+Everything is real: the TED-LIUM 2 recipe trains a tiny Conformer for one epoch (QAT), and each
+sweep point is a test-only recipe run in its own process.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from speechbrain_memristor.cli import main
+from speechbrain_memristor.corpus.layout import make_corpus
+from speechbrain_memristor.sweep import (
+    RECIPE_TRAIN_SCRIPT,
+    Sweep,
+    SweepError,
+    TrainedRun,
+    parse_grid,
+    plan_points,
+)
+
+HPARAMS = RECIPE_TRAIN_SCRIPT.parent / "hparams" / "demo_conformer_ctc.yaml"
+TINY_MODEL = {"d_model": 48, "nhead": 2, "num_encoder_layers": 1, "d_ffn": 96, "kernel_size": 7}
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    """A 3-bit QAT run: 1 epoch on 24 synthesized utterances, evaluated on test only."""
+    root = tmp_path_factory.mktemp("run")
+    release = make_corpus(root / "corpus", utterances=24, seed=3, progress=False)
+    output = root / "qat"
+    overrides = {
+        "data_folder": release,
+        "output_folder": output,
+        "prepared_folder": root / "prepared",
+        "execution": "fake_quant",
+        "number_of_epochs": 1,
+        "batch_size": 4,
+        "test_splits": "[test]",
+        **TINY_MODEL,
+    }
+    command = [sys.executable, str(RECIPE_TRAIN_SCRIPT), str(HPARAMS)]
+    command += [f"--{key}={value}" for key, value in overrides.items()]
+    completed = subprocess.run(
+        command, cwd=RECIPE_TRAIN_SCRIPT.parent, capture_output=True, text=True, timeout=600
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return output
+
+
+def make_sweep(run: Path, out_dir: Path, grid: dict) -> Sweep:
+    return Sweep(
+        hparams=HPARAMS,
+        runs=[TrainedRun.load(run)],
+        grid=parse_grid(grid),
+        out_dir=out_dir,
+        overrides=dict(TINY_MODEL),
+    )
+
+
+def test_sweep_resumes_without_evaluating_a_point_twice(trained_run, tmp_path):
+    grid = {"adc": "8/10,4/4", "num_chips": "2"}
+    sweep = make_sweep(trained_run, tmp_path / "sweep", grid)
+    assert [point.settings["adc_precision_bits"] for point in sweep.points] == [8, 4]
+
+    evaluated = []
+
+    def interrupted_after_one(point):
+        if evaluated:
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C at the second point
+        evaluated.append(point.identifier)
+        sweep.evaluate(point)
+
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run(interrupted_after_one)
+    first_table = sweep.table_path(sweep.points[0])
+    first_written = first_table.stat().st_mtime_ns
+
+    resumed = make_sweep(trained_run, tmp_path / "sweep", grid)
+    evaluated_on_resume = []
+
+    def counting(point):
+        evaluated_on_resume.append(point.identifier)
+        resumed.evaluate(point)
+
+    results = resumed.run(counting)
+    assert evaluated_on_resume == [sweep.points[1].identifier]
+    assert first_table.stat().st_mtime_ns == first_written
+    assert make_sweep(trained_run, tmp_path / "sweep", grid).run(counting) == results
+    assert len(evaluated_on_resume) == 1  # a finished sweep evaluates nothing
+
+    # Tables: one row per point, each the summary of its chips, the hardware actually used.
+    rows = results["rows"]
+    assert [row["settings"]["adc_range_bits"] for row in rows] == [10, 4]
+    for row in rows:
+        assert row["hardware"]["adc_precision_bits"] == row["settings"]["adc_precision_bits"]
+        assert row["chips"] == 2 and row["seeds"] == [0, 1] and len(row["wers"]) == 2
+        assert row["wer_mean"] == pytest.approx(statistics.fmean(row["wers"]))
+        assert row["wer_min"] == min(row["wers"]) and row["wer_max"] == max(row["wers"])
+    folder = tmp_path / "sweep"
+    assert json.loads((folder / "sweep.json").read_text())["rows"] == rows
+    table = list(csv.DictReader((folder / "sweep.csv").open()))
+    assert [r["point"] for r in table] == [row["point"] for row in rows]
+    assert [float(r["wer_mean"]) for r in table] == [row["wer_mean"] for row in rows]
+    assert [r["adc_precision_bits"] for r in table] == ["8", "4"]
+    markdown = (folder / "sweep.md").read_text()
+    assert "2 of 2 points finished" in markdown and "3-bit run, fake_quant" in markdown
+    assert set(results["references"]["3"]) == {"digital", "fake_quant"}
+    for name in ("wer_vs_adc_bits.png", "wer_vs_weight_bits.png", "wer_spread_over_chips.png"):
+        assert (folder / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_invalid_grid_entries_are_rejected_before_any_evaluation(trained_run, tmp_path, capsys):
+    run = TrainedRun.load(trained_run)
+    assert run.weight_bits == 3
+    with pytest.raises(SweepError) as error:
+        parse_grid({"adc": "4/4,four/4", "tile_sizes": "64"})
+    assert "'four/4'" in str(error.value) and "unknown grid axis 'tile_sizes'" in str(error.value)
+
+    grid = parse_grid({"adc_range_bits": "0,4", "adc_precision_bits": "4", "weight_bits": "3,5"})
+    with pytest.raises(SweepError) as error:
+        plan_points(grid, [run])
+    assert "weight_bits=5" in str(error.value) and "trained for" in str(error.value)
+    grid = parse_grid({"adc_range_bits": "0,4", "adc_precision_bits": "4", "read_noise": "loud"})
+    with pytest.raises(SweepError) as error:
+        plan_points(grid, [run])
+    message = str(error.value)
+    assert "adc_range_bits=0" in message and "read_noise='loud'" in message
+
+    out = tmp_path / "sweep"
+    code = main(
+        ["sweep", str(HPARAMS), "--run", str(trained_run), "--out", str(out)]
+        + ["--grid", "dac_bits=8,1", "--grid", "num_chips=0"]
+    )
+    assert code == 1
+    assert "dac_bits=1" in capsys.readouterr().err
+    assert not (out / "points").exists()  # nothing was evaluated
+
+
+def test_report_command_on_a_trained_run(trained_run, tmp_path, capsys):
+    overrides = [f"--set={key}={value}" for key, value in TINY_MODEL.items()]
+    code = main(
+        ["report", str(HPARAMS), "--run", str(trained_run), "--out", str(tmp_path)]
+        + ["--utterances", "2", *overrides]
+    )
+    assert code == 0, capsys.readouterr().err
+    document = json.loads((tmp_path / "hardware_report.json").read_text())
+    layers = document["layers"]
+    # One encoder layer of the paper's mapping: 2 + 2 feed-forward linears, the fused in_proj,
+    # out_proj, and the two pointwise convolutions.
+    assert len(layers) == 8
+    assert all(layer["relative_error"] > 0 for layer in layers)
+    assert document["total"]["cells"] == sum(layer["cells"] for layer in layers)
+    assert "hardware_report.md" in capsys.readouterr().out
