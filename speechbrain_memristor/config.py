@@ -95,9 +95,12 @@ class HardwareConfig:
     conversion) takes ``tile_read_latency`` seconds. Defaults and their public sources:
     ``adc_energy_per_step`` 10 fJ per conversion step, within the range of the Walden figures of
     merit of low- and medium-resolution SAR ADCs in B. Murmann's "ADC Performance Survey
-    1997-2024" (best designs about 1 fJ, many 5-50 fJ); ``dac_energy_per_step`` 0.2 fJ, about
-    the per-conversion energy of the 1-bit DACs (2 steps) in the ISAAC accelerator (Shafiee et
-    al., ISCA 2016: 1024 DACs, 4 mW, 100 ns cycle); ``cell_read_time`` and
+    1997-2024" (best designs about 1 fJ, many 5-50 fJ; ISAAC's 8-bit 1.28 GS/s ADC at 2 mW is
+    about 6 fJ per step); ``dac_energy_per_step`` 0.2 pJ, from the 1-bit DACs of the ISAAC
+    accelerator (Shafiee et al., ISCA 2016: 1024 DACs per in-situ multiply-accumulate unit at
+    4 mW and a 100 ns cycle, about 0.4 pJ per 1-bit conversion, i.e. 2 steps). Scaling that
+    exponentially to the paper's 8-bit DAC (51 pJ per conversion) is pessimistic but shows why
+    ISAAC feeds inputs bit-serially; ``cell_read_time`` and
     ``tile_read_latency`` 100 ns, ISAAC's crossbar read cycle.
     """
 
@@ -123,7 +126,7 @@ class HardwareConfig:
     observer_momentum: float = 0.01
     adc_in_training: bool = False
     adc_energy_per_step: float = 1e-14  # J per ADC conversion step (Walden figure of merit)
-    dac_energy_per_step: float = 2e-16  # J per DAC conversion step
+    dac_energy_per_step: float = 2e-13  # J per DAC conversion step
     cell_read_time: float = 1e-7  # s, duration of one cell read
     tile_read_latency: float = 1e-7  # s, one parallel read of a layer's tiles
 

@@ -564,6 +564,15 @@ def plot_results(results: dict, axes: list[str], folder: Path) -> list[Path]:
     if adc_lines:
         figure, axis = plt.subplots(figsize=(6, 4))
         _plot_error_bars(axis, adc_lines, "")
+        for row in rows:  # ideal-ADC points have no precision: a horizontal reference each
+            if row["hardware"]["adc_precision_bits"] is None:
+                label = _line_label(
+                    row["settings"], varying, {"adc_precision_bits", "adc_range_bits"}
+                )
+                suffix = f", {label}" if label != "analog" else ""
+                axis.axhline(
+                    row["wer_mean"], linestyle=":", color="gray", label=f"ideal ADC{suffix}"
+                )
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_xlabel("ADC precision bits")
         axis.set_ylabel(f"{results['split']} WER (%)")
