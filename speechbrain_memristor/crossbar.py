@@ -60,12 +60,11 @@ PROGRAMMING_CHUNK_CELLS = 1 << 19
 # Amplitude (V) of the optional random initial cycles: U(-2, 2) V pulses.
 INITIAL_CYCLE_VOLTAGE = 2.0
 # Reads run in blocks of at most READ_BLOCK_ROWS input rows and as many output columns as keep
-# one [tiles_in, rows, columns * planes] temporary within READ_BLOCK_ELEMENTS (4 MiB in float32;
-# three such buffers with read noise). Single-threaded speed is flat from 2^19 to 2^21 elements;
-# larger blocks mean fewer, longer parallel regions, which matters on a loaded machine where every
-# short region waits for a descheduled OpenMP thread (bench/bench_linear.py).
-READ_BLOCK_ROWS = 512
-READ_BLOCK_ELEMENTS = 1 << 20
+# one [tiles_in, rows, columns * planes] temporary within READ_BLOCK_ELEMENTS (2 MiB in float32;
+# three such buffers with read noise). Chosen with bench/bench_linear.py on 2 cores: 256 rows and
+# 2^19 elements were fastest (2^18 up to 1.5x slower, 2^20 1.3x slower) with the least memory.
+READ_BLOCK_ROWS = 256
+READ_BLOCK_ELEMENTS = 1 << 19
 # SynaptogenML's noise constants: bandwidth (Hz) and Euler's number in place of the charge.
 SYNAPTOGENML_BANDWIDTH = 1e-8
 SYNAPTOGENML_CHARGE = EULER_NUMBER
