@@ -63,6 +63,10 @@ class DemoSettings:
     qat_epochs: int = 5
     hardware_preset: str = "paper"
 
+    def __post_init__(self) -> None:
+        # The recipe runs in its own folder: a relative out_dir must mean the caller's folder.
+        object.__setattr__(self, "out_dir", Path(self.out_dir).resolve())
+
     @property
     def float_folder(self) -> Path:
         return self.out_dir / "float"

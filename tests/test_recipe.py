@@ -124,9 +124,11 @@ def test_qat_initializes_from_another_run_and_rejects_an_empty_folder(release, t
 
 
 def test_demo_runs_end_to_end_and_resumes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative --out (README's default) names the caller's folder
     settings = demo.DemoSettings(
-        out_dir=tmp_path / "demo", utterances=30, float_epochs=1, qat_epochs=1, chips=2
+        out_dir=Path("demo"), utterances=30, float_epochs=1, qat_epochs=1, chips=2
     )
+    assert settings.out_dir == (tmp_path / "demo").resolve()
     summary = demo.run_demo(settings)
     rows = {(row["model"], row["execution"]): row for row in summary["rows"]}
     assert set(rows) == {
