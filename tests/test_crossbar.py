@@ -11,6 +11,7 @@ import torch
 from scipy import stats
 from synaptogen import synaptogen as reference
 
+from speechbrain_memristor import crossbar
 from speechbrain_memristor.config import HardwareConfig
 from speechbrain_memristor.converters import (
     AnalogToDigitalConverter,
@@ -121,9 +122,10 @@ def test_tile_major_round_trip_with_padding():
     assert (layout.tiles_in, layout.tiles_out, layout.padded_in) == (3, 3, 384)
     matrix = torch.randn(2, 300, 70)
     tiled = to_tile_major(matrix, layout)
-    assert tiled.shape == (3, 128, 140)
-    assert torch.equal(tiled[2, 44:], torch.zeros(84, 140))  # padded rows hold no cells
-    assert torch.equal(tiled[1, 5, 3 * 2 + 1], matrix[1, 128 + 5, 3])  # column o * planes + k
+    assert tiled.shape == (6, 128, 70)
+    for plane in range(2):  # padded rows of the last tile hold no cells
+        assert torch.equal(tiled[2 * 2 + plane, 44:], torch.zeros(84, 70))
+    assert torch.equal(tiled[1 * 2 + 1, 5, 3], matrix[1, 128 + 5, 3])  # batch tile * planes + k
     assert torch.equal(from_tile_major(tiled, layout), matrix)
 
 
@@ -273,17 +275,27 @@ def test_noisy_read_mean_and_variance_match_brute_force(noise):
     assert_statistics_match(chip, codes_row, hardware)
 
 
-def test_cells_above_r_star_get_exact_variance():
+@pytest.mark.parametrize("weight_bits, block_elements", [(2, None), (3, 6 * 256 * 16)])
+def test_cells_above_r_star_get_exact_variance(weight_bits, block_elements, monkeypatch):
     """States drawn U(0.7, 1): a third of the cells exceed r* (about 0.89-0.90), where |I| is not
     linear in r. The exact variance differs from the linear extrapolation by far more than the
-    test's tolerance (checked below), so a missing or wrong sparse correction fails."""
+    test's tolerance (checked below), so a missing or wrong sparse correction fails. The second
+    case has two planes (plane 1's variance weighs 4x plane 0's, so a correction added to the
+    wrong plane fails) and read blocks of 16 columns (3 column blocks: each block must take
+    exactly its own slice of the sorted rare cells)."""
+    if block_elements is not None:  # 3 tiles x 2 planes x 256 rows x 16 columns
+        monkeypatch.setattr(crossbar, "READ_BLOCK_ELEMENTS", block_elements)
     hardware = HardwareConfig(
-        read_noise="synaptogenml", weight_bits=2, adc_precision_bits=None, adc_range_bits=None
+        read_noise="synaptogenml",
+        weight_bits=weight_bits,
+        adc_precision_bits=None,
+        adc_range_bits=None,
     )
     generator = torch.Generator().manual_seed(5)
-    r_pos, r_neg = 0.7 + 0.3 * torch.rand(2, 1, 300, 40, generator=generator)
+    planes = hardware.bit_planes
+    r_pos, r_neg = 0.7 + 0.3 * torch.rand(2, planes, 300, 40, generator=generator)
     chip = Crossbar(r_pos, r_neg, 1.0, hardware, read_seed=1)
-    assert chip.rare_cell_count > 6000
+    assert chip.rare_cell_count > 6000 * planes
     assert chip.rare_cell_count == int((torch.stack([r_pos, r_neg]) > chip.rare_threshold).sum())
     codes_row = random_codes(1, 300, hardware.dac_qmax, seed=3)[0]
     assert_statistics_match(chip, codes_row, hardware)
@@ -301,7 +313,11 @@ def test_cells_above_r_star_get_exact_variance():
         )[:, None]
         * volts.sign()[:, None]
     )
-    linear = sum((coefficient * ((1 - r[0]) * low + r[0] * high)).sum(0) for r in (r_pos, r_neg))
+    plane_weights = 4.0 ** torch.arange(planes).view(-1, 1)  # (2^k)^2: variance per plane
+    linear = sum(
+        (plane_weights * (coefficient * ((1 - r) * low + r * high)).sum(1)).sum(0)
+        for r in (r_pos, r_neg)
+    )
     scale = calibrated_current_scale(hardware)
     assert ((linear.double() * scale**2 / exact - 1).abs().mean()) > 0.2
 
@@ -317,6 +333,22 @@ def test_read_noise_is_fresh_per_read_and_reproducible():
     replica = Crossbar.program(weight_int, 0.1, hardware, chip_seed=7)
     assert torch.equal(replica.read(codes), first)
     assert chip.read_seed == stable_seed(7, "read")
+
+
+def test_read_blocks_do_not_change_noise_free_values(monkeypatch):
+    """Rows and columns cut into many small blocks (3 tiles x 2 planes, 7 rows, 16 or 64
+    columns) give the values of one block up to float32 summation order (ideal ADC, so that
+    no rounding boundary can amplify it): blocking only schedules the same sums."""
+    hardware = HardwareConfig(
+        read_noise="off", weight_bits=3, adc_precision_bits=None, adc_range_bits=None
+    )
+    _, chip = program(hardware, out_features=200)
+    codes = random_codes(20, 300, hardware.dac_qmax, seed=8)
+    whole = chip.read(codes)
+    monkeypatch.setattr(crossbar, "READ_BLOCK_ROWS", 7)
+    for columns in (16, 70):  # 70 is cut to 64, a multiple of READ_BLOCK_COLUMN_MULTIPLE
+        monkeypatch.setattr(crossbar, "READ_BLOCK_ELEMENTS", 6 * 7 * columns)
+        assert torch.allclose(chip.read(codes), whole, rtol=1e-5, atol=1e-4)
 
 
 def test_read_rejects_wrong_shape():
