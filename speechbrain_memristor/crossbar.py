@@ -61,7 +61,7 @@ PROGRAMMING_CHUNK_CELLS = 1 << 19
 INITIAL_CYCLE_VOLTAGE = 2.0
 # Reads run in blocks of at most READ_BLOCK_ROWS input rows and as many output columns as keep
 # one [tiles_in * planes, rows, columns] temporary within READ_BLOCK_ELEMENTS (2 MiB in float32;
-# three such buffers with read noise). Chosen with bench/bench_linear.py on 2 cores: 256 rows and
+# two such buffers with read noise). Chosen with bench/bench_linear.py on 2 cores: 256 rows and
 # 2^19 elements were fastest (2^18 up to 1.5x slower, 2^20 1.3x slower) with the least memory.
 READ_BLOCK_ROWS = 256
 READ_BLOCK_ELEMENTS = 1 << 19
@@ -186,9 +186,9 @@ def tiled_read(
     """Shift-and-added ADC values [N, out] for inputs [N, in] (DAC with ``input_scale``).
 
     Matrix products are batched over (input tile, plane) pairs, so that even a layer of one
-    or three input tiles keeps every core busy. Each block's ADC steps, variance and Gaussian
-    samples live in buffers allocated once per call (at most READ_BLOCK_ELEMENTS floats each)
-    and are filled in place."""
+    or three input tiles keeps every core busy. Each block's ADC steps (which first hold the
+    scaled Gaussian samples) and variance live in two buffers allocated once per call (at most
+    READ_BLOCK_ELEMENTS floats each) and are filled in place."""
     layout, planes = path.layout, path.planes
     tiles, out_features = layout.tiles_in, layout.out_features
     batches = tiles * planes
@@ -204,7 +204,7 @@ def tiled_read(
     if noise is not None:  # rare cells of each column block: a slice of the sorted list
         edges = torch.tensor([*column_starts, out_features], device=noise.rare_columns.device)
         rare_edges = torch.searchsorted(noise.rare_columns, edges).tolist()
-        variance_buffer, samples_buffer = inputs.new_empty(2, buffer_size)
+        variance_buffer = inputs.new_empty(buffer_size)
     # Shift-and-add weight 2^k of each batch (tile, plane k): integer ADC codes sum exactly.
     shift_weights = (2.0 ** torch.arange(planes, device=inputs.device)).repeat(tiles)
     result = inputs.new_empty(rows, out_features)
@@ -226,14 +226,16 @@ def tiled_read(
             shape = (batches, count, block.stop - block.start)
             size = math.prod(shape)
             steps = steps_buffer[:size].view(shape)
-            torch.bmm(mean_coefficients, path.difference[:, :, block], out=steps)
-            if noise is not None:
+            difference = path.difference[:, :, block]
+            if noise is None:
+                torch.bmm(mean_coefficients, difference, out=steps)
+            else:  # steps = noise sample * standard deviation, then + the mean product
                 variance = variance_buffer[:size].view(shape)
                 torch.baddbmm(offset, beta, noise.total[:, :, block], out=variance)
                 rare = slice(rare_edges[index], rare_edges[index + 1])
                 _correct_rare_cells(variance, levels, block, rare, noise)
-                samples = samples_buffer[:size].view(shape).normal_(generator=noise.generator)
-                steps.addcmul_(variance.clamp_min_(0.0).sqrt_(), samples)
+                steps.normal_(generator=noise.generator).mul_(variance.clamp_min_(0.0).sqrt_())
+                steps.baddbmm_(mean_coefficients, difference)
             path.adc.quantize_steps_(steps)
             shifted = torch.mv(steps.view(batches, -1).t(), shift_weights)
             result[row : row + count, block] = shifted.view(count, -1).mul_(path.adc.step)
