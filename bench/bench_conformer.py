@@ -122,7 +122,7 @@ def main() -> None:
     chip_bytes = sum(
         buffer.numel() * buffer.element_size() for m in matmuls for buffer in m.chip.buffers()
     )
-    cells = sum(m.chip.cell_count for m in matmuls)
+    cells = sum(m.chip.inventory().cells for m in matmuls)
     print(
         f"programming: {programming:.1f} s for {cells / 1e6:.1f} M cells "
         f"({cells / programming / 1e6:.2f} M cells/s); chips hold {chip_bytes / 2**20:.0f} MiB"

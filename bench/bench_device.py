@@ -23,7 +23,7 @@ import numpy as np
 import synaptogen.synaptogen as reference
 import torch
 
-from speechbrain_memristor.device.cells import CellArray
+from speechbrain_memristor.physics.cells import CellArray
 
 T = TypeVar("T")
 

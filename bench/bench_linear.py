@@ -116,7 +116,7 @@ def bench_shape(in_features: int, out_features: int, frames: int, repeats: int) 
             f"ratio {analog_s / digital_s:5.2f}x (work {matmul_work:.0f}x) | peak alloc analog "
             f"{analog_peak / 2**20:6.1f} MiB, F.linear {digital_peak / 2**20:5.1f} MiB, "
             f"ratio {analog_peak / digital_peak:4.2f}x | rare cells "
-            f"{chip.rare_cell_count}/{chip.cell_count}"
+            f"{chip.rare_cell_count}/{chip.inventory().cells}"
         )
 
 
@@ -130,8 +130,8 @@ def bench_programming() -> None:
     weights = weight_int.numel()
     per_weight = seconds / weights
     print(
-        f"programming: {weights / 1e6:.2f} M weights ({chip.cell_count / 1e6:.1f} M cells) in "
-        f"{seconds:.2f} s = {chip.cell_count / seconds / 1e6:.2f} M cells/s; "
+        f"programming: {weights / 1e6:.2f} M weights ({chip.inventory().cells / 1e6:.1f} M cells) in "
+        f"{seconds:.2f} s = {chip.inventory().cells / seconds / 1e6:.2f} M cells/s; "
         f"40 M-weight model (3 bits, {4 * MODEL_WEIGHTS / 1e6:.0f} M cells): "
         f"~{per_weight * MODEL_WEIGHTS:.0f} s"
     )

@@ -26,7 +26,8 @@ from speechbrain_memristor.crossbar import Crossbar
 from speechbrain_memristor.layers.attention import map_in_projection, map_multihead_attention
 from speechbrain_memristor.layers.conv import MemristorConv1d, MemristorConv2d
 from speechbrain_memristor.layers.linear import MemristorLinear
-from speechbrain_memristor.layers.matmul import EXECUTION_MODES, HardwareMatmul
+from speechbrain_memristor.layers.matmul import HardwareMatmul
+from speechbrain_memristor.layers.modes import EXECUTION_MODES, Execution
 
 _SPEECHBRAIN_GLUE = ("MemristorBrain", "MemristorHook")
 
@@ -34,6 +35,7 @@ __all__ = [
     "EXECUTION_MODES",
     "PAPER_CONFORMER_MAPPING",
     "Crossbar",
+    "Execution",
     "HardwareConfig",
     "HardwareMatmul",
     "MemristorConv1d",

@@ -9,10 +9,19 @@ message naming the field, the value and the allowed range.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+logger = logging.getLogger(__name__)
+
+# Version of the saved form of HardwareConfig (`HardwareConfig.to_dict` with
+# `CONFIG_VERSION` saved beside it). Bump it when a field is added; `from_saved` fills fields
+# missing from older saves with their defaults.
+CONFIG_VERSION = 1
 
 READ_NOISE_MODES = ("off", "physical", "synaptogenml")
 OBSERVERS = ("minmax", "moving_average")
@@ -87,7 +96,7 @@ class HardwareConfig:
     ``observer_momentum``) calibrates the DAC input range; ``adc_in_training`` also emulates
     the per-tile per-plane ADC of ideal cells in ``fake_quant``.
 
-    Cost figures (used only by `speechbrain_memristor.report`; first-order estimates, not
+    Cost figures (used only by `speechbrain_memristor.studies.report`; first-order estimates, not
     simulated): an ADC conversion costs ``adc_energy_per_step`` * 2^(p + r) joules (a Walden
     figure of merit; p + r bits cover the ADC's range), a DAC conversion
     ``dac_energy_per_step`` * 2^dac_bits joules, a cell read ``cell_read_time`` * U * I(U, r)
@@ -223,8 +232,33 @@ class HardwareConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict of all fields (YAML/JSON friendly)."""
+        """Plain dict of all fields (YAML/JSON friendly); saved with `CONFIG_VERSION`."""
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_saved(
+        cls, fields: Mapping[str, Any], version: int | None = None, source: str = "a saved run"
+    ) -> HardwareConfig:
+        """The config saved as ``fields`` (`to_dict`) with ``version`` (None: saved before
+        versioning). Fields the save lacks (added later) take their defaults, which is
+        logged; a field this version does not know is an error naming it."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise ValueError(
+                f"Hardware config from {source} has unknown field(s) {unknown} (saved with "
+                f"config version {version}, this package reads version {CONFIG_VERSION}); "
+                "update speechbrain-memristor, or remove the fields."
+            )
+        missing = sorted(known - set(fields))
+        if missing:
+            logger.info(
+                "Hardware config from %s (config version %s) lacks %s: using the defaults.",
+                source,
+                version,
+                ", ".join(f"{name}={getattr(cls, name)!r}" for name in missing),
+            )
+        return cls(**dict(fields))
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> HardwareConfig:

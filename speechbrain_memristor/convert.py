@@ -20,7 +20,12 @@ when it matches (`fnmatch`, ``*`` also spans dots) the matrix's name or the name
 containing it; ``type:<Class>`` matches the class name (or dotted path) of the layer or of any
 containing module. A matrix is mapped when an ``include`` pattern selects it and no ``exclude``
 pattern does. ``include=None`` is `PAPER_CONFORMER_MAPPING`. Names are relative to the root(s)
-given, and each chip is seeded by (hardware seed, name).
+given, and each chip is seeded by (hardware seed, name). ``filter_fn(module, name)`` (as in
+torchao's ``quantize_``) further restricts the selection: a matrix is mapped only when it also
+returns True for the module holding the matrix and the matrix's qualified name; with
+``include=None`` and a ``filter_fn``, the filter alone decides (no default mapping).
+
+Per-module-type rules (which matrices a module holds, how to map them) live in `rules`.
 """
 
 from __future__ import annotations
@@ -28,21 +33,19 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from speechbrain_memristor.config import HardwareConfig
-from speechbrain_memristor.layers.attention import (
-    HardwareAttention,
-    map_in_projection,
-    map_multihead_attention,
-)
-from speechbrain_memristor.layers.conv import MemristorConv1d, MemristorConv2d
-from speechbrain_memristor.layers.linear import MemristorLinear
-from speechbrain_memristor.layers.matmul import HardwareMatmul, check_execution
+from speechbrain_memristor.crossbar import ChipInventory
+from speechbrain_memristor.layers.base import HardwareLayer
+from speechbrain_memristor.layers.matmul import HardwareMatmul
+from speechbrain_memristor.layers.modes import check_execution
+from speechbrain_memristor.rules import SUPPORTED, ConversionRule, MatrixSite, rule_for
+from speechbrain_memristor.util.tables import aligned_table
 
 logger = logging.getLogger(__name__)
 
@@ -62,13 +65,9 @@ PAPER_CONFORMER_MAPPING: tuple[str, ...] = (
     "*.convolution_module.after_conv",
 )
 TYPE_PREFIX = "type:"
-SUPPORTED = (
-    "torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, attention modules with a raw "
-    "in_proj_weight (RelPosMHAXL, RoPEMHA) and torch.nn.MultiheadAttention"
-)
-HARDWARE_LAYERS = (MemristorLinear, MemristorConv1d, MemristorConv2d, HardwareAttention)
 
 Model = torch.nn.Module | Mapping[str, torch.nn.Module]
+FilterFn = Callable[[torch.nn.Module, str], bool]
 
 
 @dataclass(frozen=True)
@@ -76,20 +75,29 @@ class _Matrix:
     """One mappable weight matrix found in the model."""
 
     name: str
-    kind: str  # "Linear", "Conv1d", "Conv2d", "in_proj", "mha_in_proj", "mha_out_proj"
+    site: MatrixSite
+    rule: ConversionRule
     module: torch.nn.Module  # the layer, or the attention module owning the weight
     parent: torch.nn.Module | None  # None when ``module`` is a root
     attribute: str
     scopes: tuple[tuple[str, torch.nn.Module], ...]  # containing modules, outermost first
-    shape: tuple[int, int]  # crossbar matrix [out, in]
 
     @property
     def weight(self) -> Tensor:
-        if self.kind in ("in_proj", "mha_in_proj"):
-            return self.module.in_proj_weight
-        if self.kind == "mha_out_proj":
-            return self.module.out_proj.weight
-        return self.module.weight
+        return self.rule.weight(self.module, self.site.role)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.site.shape
+
+
+@dataclass
+class _Walk:
+    """What a walk over the model found."""
+
+    matrices: list[_Matrix]
+    modules: list[tuple[str, torch.nn.Module]]  # every (name, module), out_proj children too
+    converted: list[tuple[str, torch.nn.Module]]  # layers converted by an earlier call
 
 
 def _join(prefix: str, name: str) -> str:
@@ -116,13 +124,9 @@ def _conv_shape(conv: torch.nn.modules.conv._ConvNd) -> tuple[int, int]:
     return conv.out_channels, conv.in_channels * taps
 
 
-def _find_matrices(
-    model: Model,
-) -> tuple[list[_Matrix], list[tuple[str, torch.nn.Module]], list[tuple[str, torch.nn.Module]]]:
-    """(mappable matrices, every (name, module), already converted (name, layer))."""
-    matrices: list[_Matrix] = []
-    modules: list[tuple[str, torch.nn.Module]] = []
-    converted: list[tuple[str, torch.nn.Module]] = []
+def _find_matrices(model: Model) -> _Walk:
+    """Every mappable matrix, every module and every already converted layer of ``model``."""
+    walk = _Walk([], [], [])
     seen: set[int] = set()
 
     def visit(name, module, parent, attribute, scopes):
@@ -130,52 +134,34 @@ def _find_matrices(
             return
         seen.add(id(module))
         scopes = (*scopes, (name, module))
-        modules.append((name, module))
-
-        def found(suffix: str, kind: str, shape: tuple[int, int], extra=()) -> None:
-            matrices.append(
-                _Matrix(
-                    _join(name, suffix) if suffix else name,
-                    kind,
-                    module,
-                    parent,
-                    attribute,
-                    (*scopes, *extra),
-                    shape,
+        walk.modules.append((name, module))
+        if isinstance(module, HardwareLayer):
+            walk.converted.append((name, module))
+            return
+        rule = rule_for(module)
+        if rule is not None:
+            for site in rule.sites(module, name):
+                walk.modules.extend(site.extra_scopes)
+                matrix_name = _join(name, site.suffix) if site.suffix else name
+                walk.matrices.append(
+                    _Matrix(
+                        matrix_name,
+                        site,
+                        rule,
+                        module,
+                        parent,
+                        attribute,
+                        (*scopes, *site.extra_scopes),
+                    )
                 )
-            )
-
-        if isinstance(module, HARDWARE_LAYERS):
-            converted.append((name, module))
-            return
-        if isinstance(module, torch.nn.MultiheadAttention):
-            out_proj = module.out_proj
-            modules.append((_join(name, "out_proj"), out_proj))
-            if module._qkv_same_embed_dim:  # else separate Q, K, V weights: stay digital
-                found("in_proj_weight", "mha_in_proj", (3 * module.embed_dim, module.embed_dim))
-            found(
-                "out_proj",
-                "mha_out_proj",
-                tuple(out_proj.weight.shape),
-                extra=((_join(name, "out_proj"), out_proj),),
-            )
-            return
-        if isinstance(module, torch.nn.Linear):
-            found("", "Linear", tuple(module.weight.shape))
-            return
-        if isinstance(module, torch.nn.Conv1d | torch.nn.Conv2d):
-            kind = "Conv1d" if isinstance(module, torch.nn.Conv1d) else "Conv2d"
-            found("", kind, _conv_shape(module))
-            return
-        weight = module._parameters.get("in_proj_weight")
-        if isinstance(weight, torch.nn.Parameter) and weight.dim() == 2:
-            found("in_proj_weight", "in_proj", tuple(weight.shape))
+            if not rule.descends:
+                return
         for child_name, child in module.named_children():
             visit(_join(name, child_name), child, module, child_name, scopes)
 
     for key, root in _roots(model):
         visit(key, root, None, key, ())
-    return matrices, modules, converted
+    return walk
 
 
 def _type_names(module: torch.nn.Module) -> tuple[str, str]:
@@ -196,14 +182,9 @@ def _selects(pattern: str, matrix: _Matrix) -> bool:
     return any(_matches_module(pattern, name, module) for name, module in matrix.scopes)
 
 
-def _check_patterns(
-    kind: str,
-    patterns: Sequence[str],
-    matrices: list[_Matrix],
-    modules: list[tuple[str, torch.nn.Module]],
-    converted: list[tuple[str, torch.nn.Module]],
-) -> None:
+def _check_patterns(kind: str, patterns: Sequence[str], walk: _Walk) -> None:
     """Every pattern must select a matrix (or an already converted layer); else a clear error."""
+    matrices, modules, converted = walk.matrices, walk.modules, walk.converted
     for pattern in patterns:
         if not isinstance(pattern, str) or not pattern:
             raise TypeError(f"{kind} patterns must be non-empty strings, got {pattern!r}.")
@@ -234,8 +215,8 @@ def _check_patterns(
         )
 
 
-def _check_fits(matrix: _Matrix, hardware: HardwareConfig) -> None:
-    """A clear error when ``hardware`` cannot hold ``matrix``."""
+def _check_fits(matrix: _Matrix) -> None:
+    """A clear error when ``matrix`` cannot be mapped."""
     weight = matrix.weight
     if not weight.is_floating_point():
         raise ValueError(
@@ -248,23 +229,54 @@ def _check_fits(matrix: _Matrix, hardware: HardwareConfig) -> None:
             f"Layer {matrix.name!r} has an empty weight matrix {out_features}x{in_features}; "
             "exclude it."
         )
+    if matrix.parent is None and matrix.rule.replaces_module:
+        raise ValueError(
+            f"Layer {matrix.name or '<root>'!r} ({matrix.site.kind}) is a root module; convert() "
+            "swaps children in place and never replaces a root (others reference it). Wrap "
+            "it in a container (e.g. torch.nn.Sequential) before building the Brain."
+        )
 
 
-def _convert_matrix(
-    matrix: _Matrix, hardware: HardwareConfig, execution: str
-) -> torch.nn.Module | None:
-    """Replacement module for a Linear/Conv matrix (None for attention, converted in place)."""
-    module = matrix.module
-    if matrix.kind == "Linear":
-        layer = MemristorLinear.from_linear(module, hardware, execution, name=matrix.name)
-    elif matrix.kind == "Conv1d":
-        layer = MemristorConv1d.from_conv1d(module, hardware, execution, name=matrix.name)
-    elif matrix.kind == "Conv2d":
-        layer = MemristorConv2d.from_conv2d(module, hardware, execution, name=matrix.name)
+def _select(
+    walk: _Walk,
+    include: Sequence[str] | None,
+    exclude: Sequence[str] | None,
+    filter_fn: FilterFn | None,
+) -> list[_Matrix]:
+    """The matrices to map (module doc: patterns, then ``filter_fn``)."""
+    if include is not None:
+        _check_patterns("include", include, walk)
+    _check_patterns("exclude", exclude or (), walk)
+    if include is None and filter_fn is not None:
+        chosen = list(walk.matrices)
     else:
-        return None
-    layer.matmul.to(module.weight.device)
-    return layer
+        patterns = PAPER_CONFORMER_MAPPING if include is None else tuple(include)
+        chosen = [m for m in walk.matrices if any(_selects(p, m) for p in patterns)]
+    chosen = [m for m in chosen if not any(_selects(p, m) for p in exclude or ())]
+    if filter_fn is not None:
+        chosen = [m for m in chosen if filter_fn(m.module, m.name)]
+    if include is None and filter_fn is None and not chosen and not walk.converted:
+        raise ValueError(
+            "The default mapping (PAPER_CONFORMER_MAPPING: Conformer feed-forward, attention "
+            "projections, pointwise convolutions) selects nothing in this model; pass include "
+            "patterns, e.g. include=['*'] for every supported layer."
+        )
+    for matrix in chosen:
+        _check_fits(matrix)
+    return chosen
+
+
+def _map_selected(selected: list[_Matrix], hardware: HardwareConfig, execution: str) -> None:
+    """Map the selected matrices module by module (one rule call per module)."""
+    by_module: dict[int, list[_Matrix]] = {}
+    for matrix in selected:
+        by_module.setdefault(id(matrix.module), []).append(matrix)
+    for matrices in by_module.values():
+        first = matrices[0]
+        names = {matrix.site.role: matrix.name for matrix in matrices}
+        replacement = first.rule.map(first.module, names, hardware, execution)
+        if first.rule.replaces_module:
+            setattr(first.parent, first.attribute, replacement)
 
 
 def _log_table(
@@ -274,25 +286,19 @@ def _log_table(
     mapped_weights = total_weights = 0
     for matrix in matrices:
         out_features, in_features = matrix.shape
-        weights = matrix.weight.numel()
-        total_weights += weights
+        inventory = ChipInventory.of(out_features, in_features, hardware)
+        total_weights += inventory.weights
         is_mapped = matrix.name in mapped
-        mapped_weights += weights if is_mapped else 0
-        cells = 2 * hardware.bit_planes * out_features * in_features
+        mapped_weights += inventory.weights if is_mapped else 0
         rows.append(
             (
                 matrix.name,
-                matrix.kind,
+                matrix.site.kind,
                 f"{out_features} x {in_features}",
                 "hardware" if is_mapped else "digital",
-                f"{cells:,}" if is_mapped else "-",
+                f"{inventory.cells:,}" if is_mapped else "-",
             )
         )
-    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
-    lines = [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    ]
     logger.info(
         "Memristor conversion: %d of %d weight matrices mapped (%s of %s weights), "
         "execution=%s, weight_bits=%d, tiles %dx%d:\n%s",
@@ -304,7 +310,7 @@ def _log_table(
         hardware.weight_bits,
         hardware.tile_rows,
         hardware.tile_cols,
-        "\n".join(lines),
+        aligned_table(rows),
     )
 
 
@@ -314,70 +320,32 @@ def convert(
     execution: str = "fake_quant",
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
+    filter_fn: FilterFn | None = None,
 ) -> Model:
     """Map the selected weight matrices of ``model`` onto hardware, in place; returns ``model``.
 
     ``model``: a module, or a mapping of names to modules (each a root; names get the key as
-    prefix). ``include``: patterns (module docstring); None = `PAPER_CONFORMER_MAPPING`.
-    ``exclude``: patterns removed from the selection. Each explicit pattern must select
-    something; layers converted by an earlier call are left as they are. Logs a table of every
-    weight matrix with its mapping.
+    prefix). ``include``: patterns (module docstring); None = `PAPER_CONFORMER_MAPPING` (or,
+    with ``filter_fn``, every matrix). ``exclude``: patterns removed from the selection.
+    ``filter_fn(module, name)``: keep a selected matrix only if it returns True. Each explicit
+    pattern must select something; layers converted by an earlier call are left as they are.
+    Logs a table of every weight matrix with its mapping.
     """
     if not isinstance(hardware, HardwareConfig):
         raise TypeError(
             f"hardware must be a HardwareConfig, got {type(hardware).__name__}; build one with "
             "HardwareConfig(...) or HardwareConfig.preset(name)."
         )
-    check_execution(execution)
+    execution = check_execution(execution)
     for argument, value in (("include", include), ("exclude", exclude)):
         if isinstance(value, str):
             raise TypeError(f"{argument} must be a list of patterns, got the string {value!r}.")
-    matrices, modules, converted = _find_matrices(model)
-    if include is not None:
-        _check_patterns("include", include, matrices, modules, converted)
-    _check_patterns("exclude", exclude or (), matrices, modules, converted)
-    patterns = PAPER_CONFORMER_MAPPING if include is None else tuple(include)
-    selected = [
-        matrix
-        for matrix in matrices
-        if any(_selects(pattern, matrix) for pattern in patterns)
-        and not any(_selects(pattern, matrix) for pattern in exclude or ())
-    ]
-    if include is None and not selected and not converted:
-        raise ValueError(
-            "The default mapping (PAPER_CONFORMER_MAPPING: Conformer feed-forward, attention "
-            "projections, pointwise convolutions) selects nothing in this model; pass include "
-            "patterns, e.g. include=['*'] for every supported layer."
-        )
-    for matrix in selected:
-        _check_fits(matrix, hardware)
-        if matrix.parent is None and matrix.kind in ("Linear", "Conv1d", "Conv2d"):
-            raise ValueError(
-                f"Layer {matrix.name or '<root>'!r} ({matrix.kind}) is a root module; convert() "
-                "swaps children in place and never replaces a root (others reference it). Wrap "
-                "it in a container (e.g. torch.nn.Sequential) before building the Brain."
-            )
-
-    mapped_names = {matrix.name for matrix in selected}
-    attention: dict[int, dict[str, _Matrix]] = {}
-    for matrix in selected:
-        replacement = _convert_matrix(matrix, hardware, execution)
-        if replacement is not None:
-            setattr(matrix.parent, matrix.attribute, replacement)
-        elif matrix.kind == "in_proj":
-            map_in_projection(matrix.module, hardware, execution, matrix.name)
-        else:
-            attention.setdefault(id(matrix.module), {})[matrix.kind] = matrix
-    for parts in attention.values():
-        module = next(iter(parts.values())).module
-        map_multihead_attention(
-            module,
-            hardware,
-            execution,
-            in_proj_name=parts["mha_in_proj"].name if "mha_in_proj" in parts else None,
-            out_proj_name=parts["mha_out_proj"].name if "mha_out_proj" in parts else None,
-        )
-    _log_table(matrices, mapped_names, execution, hardware)
+    if filter_fn is not None and not callable(filter_fn):
+        raise TypeError(f"filter_fn must be callable(module, name) -> bool, got {filter_fn!r}.")
+    walk = _find_matrices(model)
+    selected = _select(walk, include, exclude, filter_fn)
+    _map_selected(selected, hardware, execution)
+    _log_table(walk.matrices, {matrix.name for matrix in selected}, execution, hardware)
     return model
 
 
@@ -385,7 +353,7 @@ def hardware_layers(model: Model) -> Iterator[tuple[str, torch.nn.Module]]:
     """(qualified name, layer) of every converted layer (Linear, Conv, attention) in ``model``."""
     for key, root in _roots(model):
         for name, module in root.named_modules(prefix=key):
-            if isinstance(module, HARDWARE_LAYERS):
+            if isinstance(module, HardwareLayer):
                 yield name, module
 
 
@@ -403,7 +371,7 @@ def hardware_matmuls(model: Model) -> list[HardwareMatmul]:
 
 def set_execution(model: Model, mode: str) -> None:
     """Switch every converted layer of ``model`` to ``mode`` (digital, fake_quant or analog)."""
-    check_execution(mode)
+    mode = check_execution(mode)
     for matmul in hardware_matmuls(model):
         matmul.execution = mode
 
@@ -411,12 +379,11 @@ def set_execution(model: Model, mode: str) -> None:
 def set_chip_seed(model: Model, seed: int) -> None:
     """Use chips of global ``seed`` from now on (programmed lazily at the next analog read).
 
-    The seed is stored as the layers' ``hardware.seed``; each layer's chip is seeded by
-    (seed, layer name), so every rank and every run with this seed gets the same chips.
+    Each layer's chip is seeded by (seed, layer name), so every rank and every run with this
+    seed gets the same chips. Quantizers are not touched.
     """
     for matmul in hardware_matmuls(model):
-        if matmul.hardware.seed != seed:
-            matmul.hardware = matmul.hardware.replace(seed=seed)
+        matmul.set_chip_seed(seed)
 
 
 def program(model: Model, seed: int | None = None) -> None:

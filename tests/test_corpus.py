@@ -13,22 +13,22 @@ import numpy as np
 import pytest
 import soundfile
 
-from speechbrain_memristor.cli import main
-from speechbrain_memristor.corpus import text
-from speechbrain_memristor.corpus.espeak import (
+from speechbrain_memristor.app.cli import main
+from speechbrain_memristor.app.corpus import text
+from speechbrain_memristor.app.corpus.espeak import (
     MAX_DATA_PATH_BYTES,
     VoiceSettings,
     _short_data_path,
     synthesize_in_subprocess,
 )
-from speechbrain_memristor.corpus.layout import (
+from speechbrain_memristor.app.corpus.layout import (
     MANIFEST_NAME,
     RELEASE_NAME,
     CorpusError,
     make_corpus,
     split_sizes,
 )
-from speechbrain_memristor.corpus.speakers import make_speakers
+from speechbrain_memristor.app.corpus.speakers import make_speakers
 
 TINY = 12
 
@@ -132,7 +132,7 @@ def test_stm_lines_follow_tedlium_format(corpora):
 
 
 def test_contractions_and_tags_appear_in_a_larger_plan():
-    from speechbrain_memristor.corpus.layout import plan_corpus
+    from speechbrain_memristor.app.corpus.layout import plan_corpus
 
     words = [
         " ".join(word for sentence in segment.sentences for word in sentence)

@@ -11,30 +11,28 @@ import torch
 from scipy import stats
 from synaptogen import synaptogen as reference
 
-from speechbrain_memristor import crossbar
 from speechbrain_memristor.config import HardwareConfig
-from speechbrain_memristor.converters import (
-    AnalogToDigitalConverter,
-    calibrated_current_scale,
-    device_params,
-)
-from speechbrain_memristor.crossbar import (
-    SYNAPTOGENML_BANDWIDTH,
-    SYNAPTOGENML_CHARGE,
-    Crossbar,
+from speechbrain_memristor.crossbar import Crossbar
+from speechbrain_memristor.crossbar import read as crossbar_read
+from speechbrain_memristor.crossbar.layout import (
     TileLayout,
     from_tile_major,
     magnitude_bit_planes,
     signed_bit_planes,
     to_tile_major,
 )
-from speechbrain_memristor.device.noise import (
+from speechbrain_memristor.crossbar.periphery import AnalogToDigitalConverter
+from speechbrain_memristor.physics.calibration import calibrated_current_scale
+from speechbrain_memristor.physics.cell_models import device_params
+from speechbrain_memristor.physics.noise import (
     ELECTRON_CHARGE,
+    SYNAPTOGENML_BANDWIDTH,
+    SYNAPTOGENML_CHARGE,
     ZERO_VOLTAGE_REPLACEMENT,
     read_noise_variance,
     shot_and_johnson_coefficient,
 )
-from speechbrain_memristor.seeding import stable_seed
+from speechbrain_memristor.util.seeding import stable_seed
 
 
 def random_codes(rows: int, columns: int, qmax: int, seed: int) -> torch.Tensor:
@@ -144,7 +142,7 @@ def test_programmed_states_follow_bits_and_seed():
     reset_cells = torch.cat([r_pos[bits <= 0], r_neg[bits >= 0]])
     # LRS states sit near r = 0 and HRS states near r = 0.7-0.9: the populations separate.
     assert set_cells.max() < reset_cells.min()
-    assert chip.cell_count == 2 * 2 * 300 * 40 and chip.array_count == 2 * 3 * 1
+    assert chip.inventory().cells == 2 * 2 * 300 * 40 and chip.inventory().array_pairs == 2 * 3 * 1
     same = Crossbar.program(weight_int, 0.1, hardware, chip_seed=7)
     assert all(torch.equal(a, b) for a, b in zip(same.states(), chip.states(), strict=True))
     other = Crossbar.program(weight_int, 0.1, hardware, chip_seed=8)
@@ -284,7 +282,7 @@ def test_cells_above_r_star_get_exact_variance(weight_bits, block_elements, monk
     wrong plane fails) and read blocks of 16 columns (3 column blocks: each block must take
     exactly its own slice of the sorted rare cells)."""
     if block_elements is not None:  # 3 tiles x 2 planes x 256 rows x 16 columns
-        monkeypatch.setattr(crossbar, "READ_BLOCK_ELEMENTS", block_elements)
+        monkeypatch.setattr(crossbar_read, "READ_BLOCK_ELEMENTS", block_elements)
     hardware = HardwareConfig(
         read_noise="synaptogenml",
         weight_bits=weight_bits,
@@ -345,9 +343,9 @@ def test_read_blocks_do_not_change_noise_free_values(monkeypatch):
     _, chip = program(hardware, out_features=200)
     codes = random_codes(20, 300, hardware.dac_qmax, seed=8)
     whole = chip.read(codes)
-    monkeypatch.setattr(crossbar, "READ_BLOCK_ROWS", 7)
+    monkeypatch.setattr(crossbar_read, "READ_BLOCK_ROWS", 7)
     for columns in (16, 70):  # 70 is cut to 64, a multiple of READ_BLOCK_COLUMN_MULTIPLE
-        monkeypatch.setattr(crossbar, "READ_BLOCK_ELEMENTS", 6 * 7 * columns)
+        monkeypatch.setattr(crossbar_read, "READ_BLOCK_ELEMENTS", 6 * 7 * columns)
         assert torch.allclose(chip.read(codes), whole, rtol=1e-5, atol=1e-4)
 
 

@@ -13,7 +13,7 @@ fail the exact recursion test, errors in the reset curve the exact switching tes
 The reference is seeded by replacing its module-level numpy generator (``rng``, ``randn``,
 ``rand``) for the duration of a test. Pulse sequences start with a SET of all cells: before
 that the reference port leaves fresh cells' reset curves uninitialized and aliases their reset
-threshold with their UR feature (see `speechbrain_memristor.device.cells`).
+threshold with their UR feature (see `speechbrain_memristor.physics.cells`).
 """
 
 from __future__ import annotations
@@ -28,15 +28,15 @@ import synaptogen.synaptogen as reference
 import torch
 from scipy.stats import ks_2samp
 
-import speechbrain_memristor.device.cells as cells_module
-from speechbrain_memristor.device.cells import CellArray
-from speechbrain_memristor.device.noise import (
+import speechbrain_memristor.physics.cells as cells_module
+from speechbrain_memristor.physics.cells import CellArray
+from speechbrain_memristor.physics.noise import (
     BOLTZMANN,
     ELECTRON_CHARGE,
     read_noise_variance,
     shot_and_johnson_coefficient,
 )
-from speechbrain_memristor.device.params import DeviceParams, default_params_path
+from speechbrain_memristor.physics.params import DeviceParams, default_params_path
 
 CELLS = 40_000
 ALPHA = 1e-4

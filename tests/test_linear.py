@@ -6,7 +6,8 @@ import torch.nn.functional as F
 
 from speechbrain_memristor.config import HardwareConfig
 from speechbrain_memristor.layers.linear import MemristorLinear
-from speechbrain_memristor.layers.matmul import EXECUTION_MODES, HardwareMatmul
+from speechbrain_memristor.layers.matmul import HardwareMatmul
+from speechbrain_memristor.layers.modes import EXECUTION_MODES
 
 
 def make_layer(hardware, execution="analog", in_features=200, out_features=24, name="ffn.w1"):

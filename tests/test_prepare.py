@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from speechbrain_memristor.corpus.layout import make_corpus
+from speechbrain_memristor.app.corpus.layout import make_corpus
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "TEDLIUM2" / "tedlium2_prepare.py"
 _spec = importlib.util.spec_from_file_location("tedlium2_prepare", RECIPE)

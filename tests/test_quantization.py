@@ -4,18 +4,18 @@ import pytest
 import torch
 
 from speechbrain_memristor.config import HardwareConfig
-from speechbrain_memristor.converters import (
+from speechbrain_memristor.crossbar.periphery import (
     AnalogToDigitalConverter,
     DigitalToAnalogConverter,
-    calibrated_current_scale,
-    device_params,
     quantize_symmetric,
 )
-from speechbrain_memristor.quantization import (
+from speechbrain_memristor.layers.quantizers import (
     ActivationQuantizer,
     WeightQuantizer,
     fake_quantize,
 )
+from speechbrain_memristor.physics.calibration import calibrated_current_scale
+from speechbrain_memristor.physics.cell_models import device_params
 
 
 def test_quantize_symmetric_rounds_half_to_even_and_clamps():

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from speechbrain_memristor import demo
-from speechbrain_memristor.corpus.layout import make_corpus
+from speechbrain_memristor.app import demo
+from speechbrain_memristor.app.corpus.layout import make_corpus
+from speechbrain_memristor.studies.runs import bundled_recipe
 
-TRAIN_SCRIPT = demo.RECIPE_FOLDER / "train.py"
+RECIPE_FOLDER = bundled_recipe()
+TRAIN_SCRIPT = RECIPE_FOLDER / "train.py"
 TINY_MODEL = {
     "d_model": 48,
     "nhead": 2,
@@ -49,7 +51,7 @@ def run_train(release: Path, output: Path, prepared: Path, **overrides) -> None:
     if overrides.get("test_only"):
         command.append("--test_only")
     completed = subprocess.run(
-        command, cwd=demo.RECIPE_FOLDER, capture_output=True, text=True, timeout=600
+        command, cwd=RECIPE_FOLDER, capture_output=True, text=True, timeout=600
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
 
@@ -117,7 +119,7 @@ def test_qat_initializes_from_another_run_and_rejects_an_empty_folder(release, t
         f"--init_from={tmp_path / 'nothing_here'}",
     ]
     command += [f"--{key}={value}" for key, value in TINY_MODEL.items()]
-    completed = subprocess.run(command, cwd=demo.RECIPE_FOLDER, capture_output=True, text=True)
+    completed = subprocess.run(command, cwd=RECIPE_FOLDER, capture_output=True, text=True)
     assert completed.returncode != 0
     output = completed.stdout + completed.stderr  # SpeechBrain logs the exception to stdout
     assert "init_from=" in output and "holds no checkpoint" in output
@@ -155,4 +157,5 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, monkeypatch):
         raise AssertionError("the rerun started a step again")
 
     monkeypatch.setattr(demo, "run_logged", fail)
+    monkeypatch.setattr(demo, "report_trained_run", fail)
     assert demo.run_demo(settings)["rows"] == summary["rows"]

@@ -10,8 +10,8 @@ import torch
 
 from speechbrain_memristor.config import HardwareConfig
 from speechbrain_memristor.convert import convert, hardware_matmuls
-from speechbrain_memristor.converters import device_params
-from speechbrain_memristor.report import hardware_report, layer_errors
+from speechbrain_memristor.physics.cell_models import device_params
+from speechbrain_memristor.studies.report import hardware_report, layer_errors
 
 
 def integer_weights(out_features: int, in_features: int, qmax: int, seed: int) -> torch.Tensor:

@@ -15,17 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from speechbrain_memristor.cli import main
-from speechbrain_memristor.corpus.layout import make_corpus
-from speechbrain_memristor.sweep import (
-    RECIPE_TRAIN_SCRIPT,
-    Sweep,
-    SweepError,
-    TrainedRun,
-    parse_grid,
-    plan_points,
-)
+from speechbrain_memristor.app.cli import main
+from speechbrain_memristor.app.corpus.layout import make_corpus
+from speechbrain_memristor.studies.runs import TrainedRun, bundled_recipe
+from speechbrain_memristor.studies.sweep import Sweep, SweepError, parse_grid, plan_points
 
+RECIPE_TRAIN_SCRIPT = bundled_recipe() / "train.py"
 HPARAMS = RECIPE_TRAIN_SCRIPT.parent / "hparams" / "demo_conformer_ctc.yaml"
 TINY_MODEL = {"d_model": 48, "nhead": 2, "num_encoder_layers": 1, "d_ffn": 96, "kernel_size": 7}
 

@@ -1,1 +1,2 @@
-"""Hardware-aware layers: a shared `HardwareMatmul` core wrapped by torch-compatible modules."""
+"""Hardware-aware layers: execution modes, quantizers, the `HardwareMatmul` core, the shared
+`HardwareLayer` base and the torch-compatible Linear, Conv and attention layers."""

@@ -43,7 +43,9 @@ from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
 from speechbrain_memristor.config import HardwareConfig
+from speechbrain_memristor.layers.base import HardwareLayer, new_matmul
 from speechbrain_memristor.layers.matmul import HardwareMatmul
+from speechbrain_memristor.layers.modes import Execution
 
 _MHA_SIGNATURE = inspect.signature(F.multi_head_attention_forward)
 
@@ -90,33 +92,11 @@ def _rebuild(mixin: type, base: type) -> torch.nn.Module:
     return object.__new__(_hardware_class(mixin, base))
 
 
-class HardwareAttention:
-    """Common part of the attention mixins: execution mode, programming, pickling."""
-
-    def projections(self) -> list[tuple[HardwareMatmul, Tensor]]:
-        """(matmul, weight [out, in]) of every mapped projection."""
-        raise NotImplementedError
-
-    def hardware_matmuls(self) -> list[HardwareMatmul]:
-        """The `HardwareMatmul` of every mapped projection."""
-        return [matmul for matmul, _ in self.projections()]
-
-    @property
-    def execution(self) -> str:
-        return self.hardware_matmuls()[0].execution
-
-    @execution.setter
-    def execution(self, execution: str) -> None:
-        for matmul in self.hardware_matmuls():
-            matmul.execution = execution
+class HardwareAttention(HardwareLayer):
+    """Common part of the attention mixins: digital shortcut, routing, pickling."""
 
     def _digital(self) -> bool:
-        return all(matmul.execution == "digital" for matmul in self.hardware_matmuls())
-
-    def program(self, seed: int | None = None) -> None:
-        """Program every mapped projection onto a fresh chip (seed None -> hardware.seed)."""
-        for matmul, weight in self.projections():
-            matmul.program(weight, seed)
+        return all(matmul.execution == Execution.DIGITAL for matmul in self.hardware_matmuls())
 
     def _routed_forward(self, router: _Router, *args, **kwargs):
         with router:
@@ -243,14 +223,6 @@ def _swap_class(module: torch.nn.Module, mixin: type) -> None:
     module.__class__ = _hardware_class(mixin, type(module))
 
 
-def _new_matmul(
-    hardware: HardwareConfig, execution: str, name: str, owner: torch.nn.Module, like: Tensor
-) -> HardwareMatmul:
-    """A HardwareMatmul on ``like``'s device, in ``owner``'s training mode."""
-    matmul = HardwareMatmul(hardware, execution=execution, name=name).to(like.device)
-    return matmul.train(owner.training)
-
-
 def map_in_projection(
     module: torch.nn.Module, hardware: HardwareConfig, execution: str = "digital", name: str = ""
 ) -> torch.nn.Module:
@@ -268,7 +240,7 @@ def map_in_projection(
     if isinstance(module, torch.nn.MultiheadAttention):
         raise TypeError("Use map_multihead_attention for torch.nn.MultiheadAttention.")
     _swap_class(module, HardwareInProjection)
-    module.in_proj_matmul = _new_matmul(hardware, execution, name, module, weight)
+    module.in_proj_matmul = new_matmul(hardware, execution, name, weight, module.training)
     return module
 
 
@@ -303,11 +275,11 @@ def map_multihead_attention(
     module.in_proj_matmul = (
         None
         if in_proj_name is None
-        else _new_matmul(hardware, execution, in_proj_name, module, like)
+        else new_matmul(hardware, execution, in_proj_name, like, module.training)
     )
     module.out_proj_matmul = (
         None
         if out_proj_name is None
-        else _new_matmul(hardware, execution, out_proj_name, module, like)
+        else new_matmul(hardware, execution, out_proj_name, like, module.training)
     )
     return module

@@ -21,10 +21,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from speechbrain_memristor.config import HardwareConfig
+from speechbrain_memristor.layers.base import HardwareLayer, new_matmul
 from speechbrain_memristor.layers.matmul import HardwareMatmul
+from speechbrain_memristor.layers.modes import Execution
 
 
-class _HardwareConvolution:
+class _HardwareConvolution(HardwareLayer):
     """Mixin for `torch.nn.Conv1d` / `Conv2d` subclasses that own ``matmul: HardwareMatmul``."""
 
     matmul: HardwareMatmul
@@ -37,19 +39,14 @@ class _HardwareConvolution:
     _reversed_padding_repeated_twice: list[int]
 
     def _attach(self, hardware: HardwareConfig | None, execution: str, name: str) -> None:
-        self.matmul = HardwareMatmul(hardware or HardwareConfig(), execution=execution, name=name)
+        self.matmul = new_matmul(hardware, execution, name, self.weight)
         # Block-diagonal matrix of a grouped kernel, reused (and updated in place) in analog mode
         # so that the chip is reprogrammed only when the kernel changes.
         self._block_matrix: Tensor | None = None
         self._block_matrix_key: tuple | None = None
 
-    @property
-    def execution(self) -> str:
-        return self.matmul.execution
-
-    @execution.setter
-    def execution(self, execution: str) -> None:
-        self.matmul.execution = execution
+    def projections(self) -> list[tuple[HardwareMatmul, Tensor]]:
+        return [(self.matmul, self.matrix())]
 
     def matrix(self) -> Tensor:
         """The weight as the crossbar matrix [out_channels, in_channels * taps].
@@ -60,7 +57,7 @@ class _HardwareConvolution:
         flat = self.weight.flatten(1)
         if self.groups == 1:
             return flat
-        if self.matmul.execution != "analog":
+        if self.matmul.execution != Execution.ANALOG:
             return torch.block_diag(*flat.chunk(self.groups, dim=0))
         key = (self.weight._version, self.weight.data_ptr(), self.weight.device, self.weight.dtype)
         if self._block_matrix_key != key:
@@ -78,13 +75,9 @@ class _HardwareConvolution:
             self._block_matrix_key = key
         return self._block_matrix
 
-    def program(self, seed: int | None = None) -> None:
-        """Program the current kernel onto a fresh chip (seed None -> hardware.seed)."""
-        self.matmul.program(self.matrix(), seed)
-
     def forward(self, input: Tensor) -> Tensor:
         """input [batch, in_channels, *spatial] (or unbatched) -> [batch, out_channels, *out]."""
-        if self.matmul.execution == "digital":
+        if self.matmul.execution == Execution.DIGITAL:
             return super().forward(input)  # type: ignore[misc]
         spatial_dims = self.weight.dim() - 2
         batched = input.dim() == spatial_dims + 2
@@ -126,7 +119,7 @@ def _from_conv(cls, conv: torch.nn.modules.conv._ConvNd, hardware, execution: st
     )
     layer.register_parameter("weight", conv.weight)
     layer.register_parameter("bias", conv.bias)
-    layer.matmul.to(conv.weight.device)
+    layer.matmul = new_matmul(hardware, execution, name, conv.weight)  # off the meta device
     layer.train(conv.training)
     return layer
 

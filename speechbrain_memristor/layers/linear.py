@@ -6,15 +6,16 @@ import torch
 from torch import Tensor
 
 from speechbrain_memristor.config import HardwareConfig
+from speechbrain_memristor.layers.base import HardwareLayer, new_matmul
 from speechbrain_memristor.layers.matmul import HardwareMatmul
 
 
-class MemristorLinear(torch.nn.Linear):
+class MemristorLinear(HardwareLayer, torch.nn.Linear):
     """`torch.nn.Linear` whose product runs through a `HardwareMatmul` (``self.matmul``).
 
     The state_dict keys are those of `torch.nn.Linear` (``weight``, ``bias``); the quantizer
     calibration travels via ``matmul.quantizer_state()``. ``hardware=None`` uses
-    ``HardwareConfig()`` defaults.
+    ``HardwareConfig()`` defaults. Quantizer buffers live on the weight's device.
     """
 
     def __init__(
@@ -28,24 +29,17 @@ class MemristorLinear(torch.nn.Linear):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ):
-        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
-        self.matmul = HardwareMatmul(hardware or HardwareConfig(), execution=execution, name=name)
+        torch.nn.Linear.__init__(
+            self, in_features, out_features, bias=bias, device=device, dtype=dtype
+        )
+        self.matmul = new_matmul(hardware, execution, name, self.weight)
 
-    @property
-    def execution(self) -> str:
-        return self.matmul.execution
-
-    @execution.setter
-    def execution(self, execution: str) -> None:
-        self.matmul.execution = execution
+    def projections(self) -> list[tuple[HardwareMatmul, Tensor]]:
+        return [(self.matmul, self.weight)]
 
     def forward(self, input: Tensor) -> Tensor:
         """input [..., in_features] -> [..., out_features]."""
         return self.matmul(input, self.weight, self.bias)
-
-    def program(self, seed: int | None = None) -> None:
-        """Program the current weight onto a fresh chip (seed None -> hardware.seed)."""
-        self.matmul.program(self.weight, seed)
 
     @classmethod
     def from_linear(
@@ -64,6 +58,6 @@ class MemristorLinear(torch.nn.Linear):
         layer.out_features = linear.out_features
         layer.register_parameter("weight", linear.weight)
         layer.register_parameter("bias", linear.bias)
-        layer.matmul = HardwareMatmul(hardware or HardwareConfig(), execution=execution, name=name)
+        layer.matmul = new_matmul(hardware, execution, name, linear.weight)
         layer.train(linear.training)
         return layer

@@ -8,8 +8,8 @@ passes its weight [out, in] and bias at each call.
   `quantization`), optionally through an emulation of the per-tile per-plane ADC
   (``hardware.adc_in_training``; same forward value in training and evaluation).
 - ``analog``: the quantized weight is programmed onto a simulated chip (`crossbar.Crossbar`)
-  lazily, and again whenever the weight tensor changes (its version counter or storage) or
-  ``program()`` is called; the input goes through the DAC, the crossbar read (with read noise)
+  lazily, and again whenever the weight tensor or the chip seed changes (its version counter
+  or storage) or ``program()`` is called; the input goes through the DAC, the crossbar read (with read noise)
   and the ADC, then is rescaled by weight_scale * input_scale * Q_a and the bias added
   digitally. Analog execution is inference only: its output carries no gradient.
 """
@@ -21,20 +21,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from speechbrain_memristor.config import HardwareConfig
-from speechbrain_memristor.crossbar import Crossbar, ideal_read
-from speechbrain_memristor.quantization import ActivationQuantizer, WeightQuantizer
-from speechbrain_memristor.seeding import stable_seed
-
-EXECUTION_MODES = ("digital", "fake_quant", "analog")
-
-
-def check_execution(execution: str) -> str:
-    """``execution`` if it is one of EXECUTION_MODES, else a ValueError naming the choices."""
-    if execution not in EXECUTION_MODES:
-        raise ValueError(
-            f"execution={execution!r} is invalid; choose one of {', '.join(EXECUTION_MODES)}."
-        )
-    return execution
+from speechbrain_memristor.crossbar import Crossbar
+from speechbrain_memristor.crossbar.read import ideal_read
+from speechbrain_memristor.layers.modes import Execution, check_execution
+from speechbrain_memristor.layers.quantizers import ActivationQuantizer, WeightQuantizer
+from speechbrain_memristor.util.seeding import stable_seed
 
 
 def _check_hardware(hardware: HardwareConfig) -> HardwareConfig:
@@ -51,6 +42,8 @@ class HardwareMatmul(torch.nn.Module):
 
     Quantizer buffers are non-persistent: the owning layer's state_dict keys stay those of the
     original layer; calibration travels via ``quantizer_state()`` / ``load_quantizer_state()``.
+    The chip is seeded by (``hardware.seed``, name); `set_chip_seed` switches chips without
+    touching the quantizers.
     """
 
     def __init__(self, hardware: HardwareConfig, execution: str = "digital", name: str = ""):
@@ -61,7 +54,7 @@ class HardwareMatmul(torch.nn.Module):
         self.input_quantizer = ActivationQuantizer(hardware)
         self.weight_quantizer = WeightQuantizer(hardware)
         self.chip: Crossbar | None = None
-        self._program_seed: int | None = None
+        self._program_seed: int | None = None  # a seed given to program(), else hardware.seed
         self._programmed_for: tuple | None = None
 
     @property
@@ -79,22 +72,34 @@ class HardwareMatmul(torch.nn.Module):
         self.input_quantizer.load_state(state)
         self.weight_quantizer = WeightQuantizer(hardware)
 
+    def set_chip_seed(self, seed: int) -> None:
+        """Use the chip of global ``seed`` (stored as ``hardware.seed``; programmed lazily at the
+        next analog read). The quantizers and their calibration are left as they are."""
+        if seed != self._hardware.seed:
+            self._hardware = self._hardware.replace(seed=seed)
+
     @property
     def execution(self) -> str:
-        return self._execution
+        """The mode as its plain CONTRACT string (pickles and saves without the Enum)."""
+        return self._execution.value
 
     @execution.setter
     def execution(self, execution: str) -> None:
         self._execution = check_execution(execution)
 
     def extra_repr(self) -> str:
-        return f"execution={self._execution!r}, name={self.name!r}"
+        return f"execution={self.execution!r}, name={self.name!r}"
 
     def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         """x [..., in] -> [..., out] in the current execution mode."""
-        if self._execution == "digital":
+        if self._execution == Execution.DIGITAL:
             return F.linear(x, weight, bias)
-        if self._execution == "fake_quant":
+        if x.shape[-1] != weight.shape[1]:
+            raise ValueError(
+                f"Layer {self.name or '<unnamed>'!r} expects inputs [..., {weight.shape[1]}] "
+                f"(its weight is {weight.shape[0]} x {weight.shape[1]}), got {tuple(x.shape)}."
+            )
+        if self._execution == Execution.FAKE_QUANT:
             return self._fake_quant(x, weight, bias)
         return self._analog(x, weight, bias)
 
@@ -142,28 +147,36 @@ class HardwareMatmul(torch.nn.Module):
         )
 
     def _ensure_programmed(self, weight: Tensor) -> None:
-        if self.chip is None or self._programmed_for != self._program_key(weight):
+        if not self.is_programmed_for(weight):
             self.program(weight, self._program_seed)
+
+    def is_programmed_for(self, weight: Tensor) -> bool:
+        """True when the current chip holds ``weight`` with the current settings and seed."""
+        return self.chip is not None and self._programmed_for == self._program_key(weight)
 
     def chip_seed(self, seed: int | None = None) -> int:
         """Stable seed of this layer's chip: hash of (seed or hardware.seed, name)."""
         return stable_seed(self.hardware.seed if seed is None else seed, self.name)
 
     @torch.no_grad()
-    def program(self, weight: Tensor, seed: int | None = None) -> None:
-        """Program ``weight`` [out, in] onto a fresh chip (seed None -> hardware.seed).
-
-        The chip is a pure function of (weight, hardware, seed, name); it is built on the CPU and
-        moved to the weight's device. Later lazy reprogramming keeps this seed.
-        """
-        self._program_seed = seed
+    def build_chip(self, weight: Tensor, seed: int | None = None) -> Crossbar:
+        """A chip programmed with ``weight`` [out, in] (seed None: the seed given to the last
+        `program` call, else hardware.seed), without keeping
+        it. A pure function of (weight, hardware, seed, name); built on the CPU and moved to
+        the weight's device."""
         w_int = self.weight_quantizer.integers(weight).cpu()
-        self.chip = Crossbar.program(
+        return Crossbar.program(
             w_int,
             self.weight_quantizer.scale(weight).item(),
             self.hardware,
-            self.chip_seed(seed),
+            self.chip_seed(self._program_seed if seed is None else seed),
         ).to(weight.device)
+
+    def program(self, weight: Tensor, seed: int | None = None) -> None:
+        """Program ``weight`` [out, in] onto a fresh chip of ``seed`` (None: hardware.seed) and
+        keep it; later lazy reprogramming keeps this seed."""
+        self._program_seed = seed
+        self.chip = self.build_chip(weight)
         self._programmed_for = self._program_key(weight)
 
     def quantizer_state(self) -> dict[str, Tensor]:

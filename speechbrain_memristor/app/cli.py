@@ -41,7 +41,7 @@ def _add_make_corpus(subparsers: argparse._SubParsersAction) -> None:
 def _run_make_corpus(args: argparse.Namespace) -> int:
     import logging
 
-    from speechbrain_memristor.corpus.layout import CorpusError, make_corpus
+    from speechbrain_memristor.app.corpus.layout import CorpusError, make_corpus
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -66,7 +66,7 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
             "resumes where the last one stopped."
         ),
     )
-    from speechbrain_memristor.demo import DemoSettings
+    from speechbrain_memristor.app.demo import DemoSettings
 
     defaults = DemoSettings()
     parser.add_argument(
@@ -87,8 +87,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     import logging
     from pathlib import Path
 
-    from speechbrain_memristor.corpus.layout import CorpusError
-    from speechbrain_memristor.demo import DemoError, DemoSettings, markdown_table, run_demo
+    from speechbrain_memristor.app.corpus.layout import CorpusError
+    from speechbrain_memristor.app.demo import DemoError, DemoSettings, markdown_table, run_demo
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     settings = DemoSettings(
@@ -132,7 +132,7 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         help="hparams override the run was trained with (YAML value), repeatable",
     )
-    parser.add_argument("--split", default="test", help="dev or test (default: test)")
+    parser.add_argument("--split", default="test", choices=("dev", "test"), help="default: test")
 
 
 def _overrides(pairs: list[tuple[str, str]]) -> dict[str, object]:
@@ -162,105 +162,35 @@ def _add_report(subparsers: argparse._SubParsersAction) -> None:
         help="utterances of the split for the per-layer error (0: skip; default: 4)",
     )
     parser.add_argument(
-        "--train-script", default=None, help="the recipe's train.py (default: ../train.py)"
+        "--train-script",
+        default=None,
+        help="the recipe's train.py (default: the bundled TED-LIUM 2 recipe's)",
     )
     parser.add_argument("--out", default=None, help="output folder (default: the run folder)")
     parser.set_defaults(handler=_run_report)
 
 
-def _load_trained_brain(hparams_file: str, run: str, overrides: dict, train_script: str):
-    """The recipe's Brain (the MemristorBrain subclass in train_script) with the run's best
-    checkpoint (lowest WER, else newest) loaded; and its hparams."""
-    import importlib.util
-
-    from hyperpyyaml import load_hyperpyyaml
-
-    from speechbrain_memristor.brain import MemristorBrain
-    from speechbrain_memristor.sweep import TrainedRun
-
-    trained = TrainedRun.load(run)
-    recipe_overrides = {
-        key: trained.recipe_value(key) for key in ("data_folder", "prepared_folder")
-    }
-    recipe_overrides = {k: v for k, v in recipe_overrides.items() if v is not None}
-    recipe_overrides.update(overrides)
-    recipe_overrides["output_folder"] = str(trained.folder)
-    with open(hparams_file, encoding="utf-8") as stream:
-        hparams = load_hyperpyyaml(stream, recipe_overrides)
-    spec = importlib.util.spec_from_file_location("memristor_recipe", train_script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    classes = [
-        value
-        for value in vars(module).values()
-        if isinstance(value, type)
-        and issubclass(value, MemristorBrain)
-        and value is not MemristorBrain
-    ]
-    if len(classes) != 1:
-        raise ValueError(f"{train_script} must define exactly one MemristorBrain subclass.")
-    brain = classes[0](
-        modules=hparams["modules"],
-        opt_class=hparams.get("opt_class"),
-        hparams=hparams,
-        run_opts={"device": "cpu"},
-        checkpointer=hparams["checkpointer"],
-    )
-    checkpointer = brain.checkpointer
-    checkpoint = checkpointer.find_checkpoint(min_key="WER") or checkpointer.find_checkpoint()
-    checkpointer.load_checkpoint(checkpoint)
-    brain.modules.eval()
-    return brain, hparams
-
-
-def _split_signals(hparams: dict, split: str, count: int) -> list[dict]:
-    """The first ``count`` utterances (id, signal) of the split's prepared CSV."""
-    import csv
-
-    from speechbrain.dataio.dataio import read_audio
-
-    csv_key = {"dev": "valid_csv", "test": "test_csv"}[split]
-    with open(hparams[csv_key], encoding="utf-8") as stream:
-        rows = list(csv.DictReader(stream))[:count]
-    return [{"id": row["ID"], "sig": read_audio(row["wav"])} for row in rows]
-
-
 def _run_report(args: argparse.Namespace) -> int:
     import logging
-    from pathlib import Path
 
-    import speechbrain as sb
-    import torch
-    from speechbrain.dataio.batch import PaddedBatch
-
-    from speechbrain_memristor.report import hardware_report, layer_errors
-    from speechbrain_memristor.sweep import SweepError
+    from speechbrain_memristor.studies.report import report_trained_run
+    from speechbrain_memristor.studies.runs import RunError, bundled_recipe
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.split not in ("dev", "test"):
-        print(f"{PROGRAM} report: error: --split must be dev or test.", file=sys.stderr)
-        return 1
-    train_script = args.train_script or str(Path(args.hparams).resolve().parents[1] / "train.py")
     try:
-        brain, hparams = _load_trained_brain(
-            args.hparams, args.run, _overrides(args.overrides), train_script
+        train_script = args.train_script or str(bundled_recipe() / "train.py")
+        report, paths = report_trained_run(
+            args.hparams,
+            args.run,
+            _overrides(args.overrides),
+            train_script,
+            split=args.split,
+            utterances=args.utterances,
+            out=args.out,
         )
-    except (OSError, ValueError, SweepError) as error:
+    except (OSError, RunError) as error:
         print(f"{PROGRAM} report: error: {error}", file=sys.stderr)
         return 1
-    model = brain.memristor.model
-    errors = None
-    if args.utterances > 0:
-        examples = _split_signals(hparams, args.split, args.utterances)
-
-        def forward() -> None:
-            for example in examples:
-                brain.compute_forward(PaddedBatch([example]), sb.Stage.TEST)
-
-        torch.manual_seed(0)
-        errors = layer_errors(model, forward)
-    report = hardware_report(model, errors)
-    paths = report.write(args.out or args.run)
     print(report.markdown())
     print(f"Report: {paths['md']}")
     return 0
@@ -276,7 +206,7 @@ def _add_sweep(subparsers: argparse._SubParsersAction) -> None:
             "resuming after an interruption, then write OUT/sweep.{csv,json,md} and plots. "
             "Grid axes: adc (P/R pairs or ideal), adc_precision_bits, adc_range_bits, dac_bits, "
             "tile_size, read_noise, device_params, initial_cycles, num_chips, hardware_seed, "
-            "weight_bits (picks among the given runs; see speechbrain_memristor.sweep)."
+            "weight_bits (picks among the given runs; see speechbrain_memristor.studies.sweep)."
         ),
     )
     _add_recipe_arguments(parser)
@@ -299,7 +229,9 @@ def _add_sweep(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--float-run", default=None, help="float baseline run (for the plots)")
     parser.add_argument("--out", default="sweep", help="sweep folder (default: sweep)")
     parser.add_argument(
-        "--train-script", default=None, help="the recipe's train.py (default: ../train.py)"
+        "--train-script",
+        default=None,
+        help="the recipe's train.py (default: the bundled TED-LIUM 2 recipe's)",
     )
     parser.set_defaults(handler=_run_sweep)
 
@@ -308,17 +240,12 @@ def _run_sweep(args: argparse.Namespace) -> int:
     import logging
     from pathlib import Path
 
-    from speechbrain_memristor.sweep import (
-        Sweep,
-        SweepError,
-        TrainedRun,
-        load_grid_file,
-        parse_grid,
-    )
+    from speechbrain_memristor.studies.runs import RunError, TrainedRun, bundled_recipe
+    from speechbrain_memristor.studies.sweep import Sweep, SweepError, load_grid_file, parse_grid
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    train_script = args.train_script or str(Path(args.hparams).resolve().parents[1] / "train.py")
     try:
+        train_script = args.train_script or str(bundled_recipe() / "train.py")
         grid = load_grid_file(args.grid_file) if args.grid_file else {}
         grid.update(dict(args.grid))
         sweep = Sweep(
@@ -332,7 +259,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
             train_script=Path(train_script),
         )
         results = sweep.run()
-    except (OSError, SweepError) as error:
+    except (OSError, RunError, SweepError) as error:
         print(f"{PROGRAM} sweep: error: {error}", file=sys.stderr)
         return 1
     print((Path(args.out) / "sweep.md").read_text(encoding="utf-8"))

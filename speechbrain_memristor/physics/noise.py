@@ -6,20 +6,27 @@ For a cell carrying I amperes at U volts, read over a bandwidth BW (Hz) at tempe
 
 with U = 0 replaced by 1e-12 V (the Johnson term needs a conductance). The authors'
 SynaptogenML uses Euler's number in place of the electron charge and a bandwidth of 1e-8 Hz;
-pass ``charge=EULER_NUMBER`` and ``bandwidth=1e-8`` to reproduce it.
+`read_noise_model` turns ``HardwareConfig.read_noise`` into one `ReadNoiseModel` (or None for
+"off"), so the read path never branches on the mode's name.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from speechbrain_memristor.config import HardwareConfig
 
 BOLTZMANN = 1.380649e-23  # J/K
 ELECTRON_CHARGE = 1.602176634e-19  # C
 EULER_NUMBER = math.e  # what SynaptogenML uses as "charge"
 ZERO_VOLTAGE_REPLACEMENT = 1e-12  # V, stands in for U = 0 in the Johnson term
+# SynaptogenML's noise constants: bandwidth (Hz) and Euler's number in place of the charge.
+SYNAPTOGENML_BANDWIDTH = 1e-8
+SYNAPTOGENML_CHARGE = EULER_NUMBER
 
 
 def _check_non_negative(name: str, value: float) -> None:
@@ -61,3 +68,27 @@ def read_noise_variance(
     """
     coefficient = shot_and_johnson_coefficient(voltage, bandwidth, temperature, charge)
     return current.abs() * coefficient.to(current.device)
+
+
+@dataclass(frozen=True)
+class ReadNoiseModel:
+    """Johnson plus shot read noise with fixed constants: bandwidth (Hz), temperature (K) and
+    the charge (C) used in the shot term."""
+
+    bandwidth: float
+    temperature: float
+    charge: float = ELECTRON_CHARGE
+
+    def coefficient(self, voltage: Tensor | float) -> Tensor:
+        """a(U) in A^2 per ampere of |I| (see `shot_and_johnson_coefficient`)."""
+        return shot_and_johnson_coefficient(voltage, self.bandwidth, self.temperature, self.charge)
+
+
+def read_noise_model(hardware: HardwareConfig) -> ReadNoiseModel | None:
+    """The noise of ``hardware.read_noise``: None for "off"; "physical" with the configured
+    bandwidth and temperature; "synaptogenml" with the authors' bandwidth and charge."""
+    if hardware.read_noise == "off":
+        return None
+    if hardware.read_noise == "synaptogenml":
+        return ReadNoiseModel(SYNAPTOGENML_BANDWIDTH, hardware.temperature, SYNAPTOGENML_CHARGE)
+    return ReadNoiseModel(hardware.bandwidth, hardware.temperature)

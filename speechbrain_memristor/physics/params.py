@@ -14,6 +14,7 @@ mixture, and x follows a VAR(p) process over the cell's cycles.
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import json
 import math
@@ -200,6 +201,15 @@ class DeviceParams:
         """State r of cells that carry ``current`` amperes at u volts."""
         llrs, hhrs = self.bound_currents(u)
         return (current - llrs) / (hhrs - llrs)
+
+
+@functools.lru_cache(maxsize=8)
+def load_device_params(path: str | None = None, var_order: int = 10) -> DeviceParams:
+    """The parameters in ``path`` (None: synaptogen's file), read once per (path, var_order).
+
+    The one cache of parameter files in the package: every other module asks this function.
+    """
+    return DeviceParams.load(path, var_order=var_order)
 
 
 def _read_json(path: str) -> Any:

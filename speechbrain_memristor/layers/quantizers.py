@@ -4,7 +4,7 @@ Weights: per tensor, symmetric, reduced range: scale s_w = max|W| / Q_w with
 Q_w = 2^(weight_bits-1) - 1, integers clamp(round(W / s_w), -Q_w, Q_w). The scale follows the
 current weights (no state).
 
-Inputs: quantized exactly like the DAC (`converters.DigitalToAnalogConverter`) with scale
+Inputs: quantized exactly like the DAC (`crossbar.periphery.DigitalToAnalogConverter`) with scale
 s_a = max(|min|, |max|) / Q_a of an observed range (Q_a = 2^(dac_bits-1) - 1). The observer
 ("minmax": running extremes; "moving_average": extremes averaged with ``observer_momentum``)
 updates in training mode and, once, on the first batch it sees if it was never calibrated.
@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from speechbrain_memristor.config import HardwareConfig
-from speechbrain_memristor.converters import quantize_symmetric
+from speechbrain_memristor.crossbar.periphery import quantize_symmetric
 
 # Smallest range treated as non-zero, so an all-zero tensor gets a finite scale.
 MIN_RANGE = 1e-12

@@ -1,4 +1,4 @@
-"""SpeechBrain integration: a hook configured in hparams YAML and a Brain base class using it.
+"""`MemristorHook`: what to map and how each stage executes, configured in hparams YAML.
 
 hparams::
 
@@ -11,13 +11,8 @@ hparams::
         chips: 10                       # analog test on chips of seeds s, s+1, ..., s+9
         compare: [digital, fake_quant]  # also tabulate these once each
 
-recipe: ``class ASR(MemristorBrain)`` instead of ``class ASR(sb.Brain)``, nothing else.
-
-`MemristorBrain.__init__` converts the Brain's modules in place before SpeechBrain builds
-anything from them (optimizers are created later, in ``on_fit_start``), so conversion also
-happens for ``--test_only``, which skips ``on_fit_start``. Each stage runs in its execution
-mode: the mode is set when SpeechBrain's loop enters the stage (``_fit_train``, ``_fit_valid``,
-``evaluate``), not in ``on_stage_start``, which recipes often override without calling super.
+The recipe's Brain (`MemristorBrain`) converts its modules through the hook, switches modes
+per stage and runs the evaluation plan; see `speechbrain_memristor.brain.memristor_brain`.
 
 Checkpoints: module state_dicts keep the keys of the digital model, so digital, QAT and analog
 runs load each other's checkpoints (and averaged ones). The hook itself is a recoverable
@@ -26,33 +21,23 @@ hardware config and chip seed; chips themselves are never saved: they are a pure
 (weights, config, seed, layer name) and are programmed lazily on the first analog read after
 the weights change.
 
-Evaluation: ``evaluate`` runs the test set once per entry of `MemristorHook.evaluation_plan`
-and writes ``memristor_<table_name>.{md,csv,json}`` (atomically, main process only) in the
-experiment folder: per-run metric (WER by default) and loss, and mean, std (sample, n-1), min
-and max over the analog chips. Under DDP (torchrun) every rank converts and programs the same
-chips: chip seeds depend only on (seed, layer name).
+Evaluation: the Brain runs the test set once per entry of `MemristorHook.evaluation_plan`
+and the hook writes the result table (`results`). Under DDP (torchrun) every rank converts
+and programs the same chips: chip seeds depend only on (seed, layer name).
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
 import os
-import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
 
 import speechbrain as sb
 import torch
-from speechbrain.dataio.dataloader import LoopedLoader
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
-from speechbrain.utils.distributed import if_main_process
-from torch.utils.data import DataLoader
 
-from speechbrain_memristor.atomic import write_atomic
-from speechbrain_memristor.config import HardwareConfig
+from speechbrain_memristor.brain.results import EvaluationRun, EvaluationTable
+from speechbrain_memristor.config import CONFIG_VERSION, HardwareConfig
 from speechbrain_memristor.convert import (
     convert,
     load_quantizer_state_dict,
@@ -60,22 +45,12 @@ from speechbrain_memristor.convert import (
     set_chip_seed,
     set_execution,
 )
-from speechbrain_memristor.layers.matmul import check_execution
+from speechbrain_memristor.layers.modes import Execution, check_execution
 
 logger = logging.getLogger(__name__)
 
 COMPARABLE_MODES = ("digital", "fake_quant")
 CHECKPOINT_NAME = "memristor"
-
-
-@dataclass(frozen=True)
-class EvaluationRun:
-    """One pass over a test set: execution mode, chip seed (analog only), loss, metric."""
-
-    execution: str
-    seed: int | None
-    loss: float
-    metric: float | None
 
 
 @register_checkpoint_hooks
@@ -84,12 +59,14 @@ class MemristorHook:
 
     Arguments:
         hardware: the simulated hardware.
-        train_execution: mode of the training stage ("fake_quant" for QAT, or "digital").
+        train_execution: mode of the training stage ("fake_quant" for QAT, or "digital";
+            None: "fake_quant").
         valid_execution: mode of validation (None: same as training).
-        test_execution: mode of ``evaluate`` ("analog" runs once per chip).
+        test_execution: mode of ``evaluate`` ("analog" runs once per chip; None: "analog").
         execution: one switch for recipes, instead of the two above: "digital" trains and
             tests digitally, "fake_quant" trains and tests fake-quantized, "analog" trains
-            fake-quantized (QAT) and tests on the chips.
+            fake-quantized (QAT) and tests on the chips. Giving it together with
+            train_execution or test_execution is an error.
         include, exclude: layer patterns (`speechbrain_memristor.convert`); include None is the
             paper's Conformer mapping.
         chips: number of chips for analog evaluation (seeds seed, seed+1, ...).
@@ -105,9 +82,9 @@ class MemristorHook:
     def __init__(
         self,
         hardware: HardwareConfig,
-        train_execution: str = "fake_quant",
+        train_execution: str | None = None,
         valid_execution: str | None = None,
-        test_execution: str = "analog",
+        test_execution: str | None = None,
         execution: str | None = None,
         include: Sequence[str] | None = None,
         exclude: Sequence[str] | None = None,
@@ -124,17 +101,10 @@ class MemristorHook:
                 f"MemristorHook.hardware must be a HardwareConfig, got {type(hardware).__name__}; "
                 "use hardware: !new:speechbrain_memristor.config.HardwareConfig."
             )
-        if execution is not None:
-            _check_mode("execution", execution)
-            train_execution = "digital" if execution == "digital" else "fake_quant"
-            test_execution = execution
-        for field, mode in (
-            ("train_execution", train_execution),
-            ("test_execution", test_execution),
-        ):
-            _check_mode(field, mode)
-        if valid_execution is not None:
-            _check_mode("valid_execution", valid_execution)
+        train_execution, test_execution = _stage_modes(execution, train_execution, test_execution)
+        valid_execution = (
+            None if valid_execution is None else _check_mode("valid_execution", valid_execution)
+        )
         if isinstance(chips, bool) or not isinstance(chips, int) or chips < 1:
             raise ValueError(f"MemristorHook.chips={chips!r} is invalid: expected an integer >= 1.")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
@@ -189,6 +159,17 @@ class MemristorHook:
         set_execution(model, execution)
         set_chip_seed(model, self.seed if seed is None else seed)
 
+    def enter_stage(self, stage: sb.Stage) -> None:
+        """At the start of a training or validation stage: switch to its mode (first chip).
+        Test stages keep the mode the evaluation plan set."""
+        if stage != sb.Stage.TEST:
+            self.use_stage(stage)
+
+    def end_stage(self, stage: sb.Stage) -> None:
+        """At the end of a training stage (once per epoch): merge the DDP ranks' quantizers."""
+        if stage == sb.Stage.TRAIN:
+            self.synchronize_quantizers()
+
     def use_stage(self, stage: sb.Stage) -> None:
         """Switch to the configured mode of ``stage`` (first chip)."""
         modes = {
@@ -203,8 +184,8 @@ class MemristorHook:
         plan: list[tuple[str, int | None]] = [
             (mode, None) for mode in self.compare if mode != self.test_execution
         ]
-        if self.test_execution == "analog":
-            plan += [("analog", self.seed + chip) for chip in range(self.chips)]
+        if self.test_execution == Execution.ANALOG:
+            plan += [(Execution.ANALOG, self.seed + chip) for chip in range(self.chips)]
         else:
             plan.append((self.test_execution, None))
         return plan
@@ -265,11 +246,13 @@ class MemristorHook:
 
     @mark_as_saver
     def save(self, path: str | os.PathLike) -> None:
-        """Save quantizer calibration, hardware config and chip seed (not the chips)."""
+        """Save quantizer calibration, hardware config (with its version) and chip seed (not
+        the chips)."""
         torch.save(
             {
                 "quantizers": quantizer_state_dict(self._converted()),
                 "hardware": self.hardware.to_dict(),
+                "hardware_version": CONFIG_VERSION,
                 "seed": self.seed,
             },
             path,
@@ -291,11 +274,14 @@ class MemristorHook:
                 len(missing),
                 len(unexpected),
             )
+        saved_hardware = HardwareConfig.from_saved(
+            saved["hardware"], saved.get("hardware_version"), source=os.fspath(path)
+        ).to_dict()
         current = self.hardware.to_dict()
         changed = {
-            key: (value, current.get(key))
-            for key, value in saved["hardware"].items()
-            if current.get(key) != value
+            key: (value, current[key])
+            for key, value in saved_hardware.items()
+            if current[key] != value
         }
         if changed:
             logger.info("Hardware differs from the checkpoint's (saved, now): %s", changed)
@@ -313,93 +299,48 @@ class MemristorHook:
             count += 1
             unique = f"{table_name}_{count}"
         self._table_names.add(unique)
-        os.makedirs(folder, exist_ok=True)
-        summary = _summarize([run for run in runs if run.execution == "analog"])
-        stem = os.path.join(folder, f"memristor_{unique}")
-        document = {
-            "metric": self.metric_name if self.metric else None,
-            "runs": [asdict(run) for run in runs],
-            "analog_summary": summary,
-            "hardware": self.hardware.to_dict(),
-            "include": self.include,
-            "exclude": self.exclude,
-        }
-        paths = {
-            "md": f"{stem}.md",
-            "csv": f"{stem}.csv",
-            "json": f"{stem}.json",
-        }
-        write_atomic(paths["md"], self._markdown(runs, summary))
-        write_atomic(paths["csv"], self._csv(runs, summary))
-        write_atomic(paths["json"], json.dumps(document, indent=2) + "\n")
-        return paths
-
-    def _columns(self) -> list[str]:
-        return ["execution", "seed", *([self.metric_name] if self.metric else []), "loss"]
-
-    def _rows(self, runs: Sequence[EvaluationRun], summary: dict) -> list[list[str]]:
-        rows = []
-        for run in runs:
-            seed = "" if run.seed is None else str(run.seed)
-            metric = [_number(run.metric)] if self.metric else []
-            rows.append([run.execution, seed, *metric, _number(run.loss)])
-        statistics_rows = ("mean", "std", "min", "max") if summary else ()
-        for statistic in statistics_rows:
-            metric = [_number(summary["metric"][statistic])] if self.metric else []
-            rows.append([f"analog {statistic}", "", *metric, _number(summary["loss"][statistic])])
-        return rows
-
-    def _markdown(self, runs: Sequence[EvaluationRun], summary: dict) -> str:
-        columns = self._columns()
-        lines = [
-            f"# Memristor evaluation ({summary['chips'] if summary else 0} analog chips)",
-            "",
-            "| " + " | ".join(columns) + " |",
-            "|" + "|".join(" --- " for _ in columns) + "|",
-        ]
-        lines += ["| " + " | ".join(row) + " |" for row in self._rows(runs, summary)]
-        return "\n".join(lines) + "\n"
-
-    def _csv(self, runs: Sequence[EvaluationRun], summary: dict) -> str:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(self._columns())
-        writer.writerows(self._rows(runs, summary))
-        return buffer.getvalue()
+        table = EvaluationTable(
+            runs=tuple(runs),
+            metric_name=self.metric_name if self.metric else None,
+            hardware=self.hardware.to_dict(),
+            hardware_version=CONFIG_VERSION,
+            include=self.include,
+            exclude=self.exclude,
+        )
+        return table.write(folder, unique)
 
 
-def _check_mode(field: str, mode: str) -> None:
+def _check_mode(field: str, mode: str) -> Execution:
     try:
-        check_execution(mode)
+        return check_execution(mode)
     except ValueError as error:
         raise ValueError(f"MemristorHook.{field}: {error}") from None
 
 
-def _number(value: float | None) -> str:
-    return "" if value is None else f"{value:.4f}"
-
-
-def _statistics(values: list[float]) -> dict[str, float]:
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "min": min(values),
-        "max": max(values),
-    }
-
-
-def _summarize(analog_runs: list[EvaluationRun]) -> dict:
-    """Mean, sample std, min, max of the analog runs' metric and loss ({} when none)."""
-    if not analog_runs:
-        return {}
-    summary = {
-        "chips": len(analog_runs),
-        "seeds": [run.seed for run in analog_runs],
-        "loss": _statistics([run.loss for run in analog_runs]),
-    }
-    metrics = [run.metric for run in analog_runs]
-    summary["metric"] = None if None in metrics else _statistics(metrics)
-    return summary
+def _stage_modes(
+    execution: str | None, train_execution: str | None, test_execution: str | None
+) -> tuple[Execution, Execution]:
+    """(train, test) modes from the one ``execution`` switch or the two explicit ones."""
+    if execution is None:
+        return (
+            _check_mode("train_execution", train_execution or Execution.FAKE_QUANT),
+            _check_mode("test_execution", test_execution or Execution.ANALOG),
+        )
+    given = [
+        f"{name}={value!r}"
+        for name, value in (
+            ("train_execution", train_execution),
+            ("test_execution", test_execution),
+        )
+        if value is not None
+    ]
+    if given:
+        raise ValueError(
+            f"MemristorHook got execution={execution!r} and {' and '.join(given)}: execution "
+            "sets both stages. Give either execution, or train_execution/test_execution."
+        )
+    mode = _check_mode("execution", execution)
+    return (Execution.DIGITAL if mode == Execution.DIGITAL else Execution.FAKE_QUANT), mode
 
 
 def find_hook(hparams: Mapping | None) -> MemristorHook:
@@ -416,86 +357,3 @@ def find_hook(hparams: Mapping | None) -> MemristorHook:
     raise ValueError(
         f"hparams hold {len(hooks)} MemristorHook objects; pass the one to use as memristor=..."
     )
-
-
-class MemristorBrain(sb.Brain):
-    """`speechbrain.Brain` whose modules run on simulated memristor hardware.
-
-    Same arguments as `speechbrain.Brain`, plus ``memristor`` (default: the MemristorHook found
-    in ``hparams``). ``evaluate`` takes an extra ``table_name`` (file name of the result table;
-    default "test", then "test_2", ... for later calls).
-    """
-
-    def __init__(
-        self,
-        modules=None,
-        opt_class=None,
-        hparams=None,
-        run_opts=None,
-        checkpointer=None,
-        memristor: MemristorHook | None = None,
-    ):
-        self.memristor = memristor if memristor is not None else find_hook(hparams)
-        self.memristor.convert(modules or {})
-        super().__init__(modules, opt_class, hparams, run_opts, checkpointer)
-        if checkpointer is not None:
-            self.memristor.register(checkpointer)
-
-    def _fit_train(self, *args, **kwargs):
-        self.memristor.use_stage(sb.Stage.TRAIN)
-        result = super()._fit_train(*args, **kwargs)
-        self.memristor.synchronize_quantizers()
-        return result
-
-    def fit_batch(self, batch):
-        """SpeechBrain's fit_batch, then the DDP ranks merge their observed input ranges."""
-        loss = super().fit_batch(batch)
-        self.memristor.synchronize_quantizers()
-        return loss
-
-    def _fit_valid(self, *args, **kwargs):
-        self.memristor.use_stage(sb.Stage.VALID)
-        return super()._fit_valid(*args, **kwargs)
-
-    def evaluate(
-        self,
-        test_set,
-        max_key=None,
-        min_key=None,
-        progressbar=None,
-        test_loader_kwargs=None,
-        table_name: str = "test",
-    ) -> float:
-        """Evaluate once per (execution, chip) of the hook's plan and write the result tables.
-
-        Returns the mean test loss over the runs in ``test_execution``.
-        """
-        hook = self.memristor
-        folder = hook.output_folder or getattr(
-            getattr(self, "hparams", None), "output_folder", None
-        )
-        if folder is None:
-            raise ValueError(
-                "No folder for the memristor result tables: set MemristorHook.output_folder or "
-                "hparams output_folder."
-            )
-        if not isinstance(test_set, DataLoader | LoopedLoader):
-            loader_kwargs = dict(test_loader_kwargs or {})
-            loader_kwargs["ckpt_prefix"] = None
-            test_set = self.make_dataloader(test_set, sb.Stage.TEST, **loader_kwargs)
-        runs = []
-        for execution, seed in hook.evaluation_plan():
-            hook.use(execution, seed)
-            logger.info(
-                "Memristor evaluation: %s%s",
-                execution,
-                "" if seed is None else f", chip seed {seed}",
-            )
-            loss = super().evaluate(test_set, max_key, min_key, progressbar)
-            runs.append(EvaluationRun(execution, seed, float(loss), hook.read_metric(self)))
-        hook.use_stage(sb.Stage.TEST)
-        if if_main_process():
-            paths = hook.write_tables(folder, table_name, runs)
-            logger.info("Memristor evaluation table: %s", paths["md"])
-        losses = [run.loss for run in runs if run.execution == hook.test_execution]
-        return statistics.fmean(losses)

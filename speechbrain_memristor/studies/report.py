@@ -29,8 +29,6 @@ not errors accumulated from earlier layers. It is exactly zero in fake_quant exe
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
@@ -41,14 +39,15 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from speechbrain_memristor.atomic import write_atomic
 from speechbrain_memristor.config import HardwareConfig
 from speechbrain_memristor.convert import Model, hardware_layers, hardware_matmuls
-from speechbrain_memristor.converters import device_params
-from speechbrain_memristor.crossbar import CellCurves, TileLayout, magnitude_bit_planes
-from speechbrain_memristor.layers.attention import HardwareAttention
-from speechbrain_memristor.layers.conv import MemristorConv1d, MemristorConv2d
-from speechbrain_memristor.layers.matmul import HardwareMatmul, check_execution
+from speechbrain_memristor.crossbar import ChipInventory
+from speechbrain_memristor.crossbar.layout import magnitude_bit_planes
+from speechbrain_memristor.layers.matmul import HardwareMatmul
+from speechbrain_memristor.layers.modes import Execution, check_execution
+from speechbrain_memristor.physics.cell_models import cell_model
+from speechbrain_memristor.util.atomic import write_atomic
+from speechbrain_memristor.util.tables import csv_table, markdown_table
 
 FIRST_ORDER_NOTE = (
     "Energy and latency are first-order estimates from per-operation costs (HardwareConfig "
@@ -131,17 +130,10 @@ class HardwareReport:
         return rows
 
     def markdown(self, title: str = "Hardware report") -> str:
-        lines = [f"# {title}", "", FIRST_ORDER_NOTE, ""]
-        lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join(" --- " for _ in COLUMNS) + "|"]
-        lines += ["| " + " | ".join(row) + " |" for row in self.rows()]
-        return "\n".join(lines) + "\n"
+        return f"# {title}\n\n{FIRST_ORDER_NOTE}\n\n" + markdown_table(COLUMNS, self.rows())
 
     def csv(self) -> str:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(COLUMNS)
-        writer.writerows(self.rows())
-        return buffer.getvalue()
+        return csv_table(COLUMNS, self.rows())
 
     def write(self, folder: str | os.PathLike, stem: str = "hardware_report") -> dict[str, Path]:
         """Write ``<stem>.{md,csv,json}`` atomically in ``folder``; returns the paths."""
@@ -213,12 +205,7 @@ def _format_row(values: Mapping, name: str) -> list[str]:
 def mapped_matrices(model: Model) -> Iterator[tuple[HardwareMatmul, Tensor]]:
     """(matmul, crossbar weight [out, in]) of every mapped matrix of ``model``."""
     for _, layer in hardware_layers(model):
-        if isinstance(layer, HardwareAttention):
-            yield from layer.projections()
-        elif isinstance(layer, MemristorConv1d | MemristorConv2d):
-            yield layer.matmul, layer.matrix()
-        else:
-            yield layer.matmul, layer.weight
+        yield from layer.projections()
 
 
 def adc_conversion_energy(hardware: HardwareConfig) -> float | None:
@@ -238,49 +225,41 @@ def dac_conversion_energy(hardware: HardwareConfig) -> float:
 def layer_inventory(
     matmul: HardwareMatmul, weight: Tensor, relative_error: float | None = None
 ) -> LayerInventory:
-    """Inventory of one mapped matrix; programs its chip (hardware.seed) if it has none."""
+    """Inventory of one mapped matrix. The cell energy needs programmed states: the layer's
+    chip when it holds ``weight``, else a chip programmed for the report alone (seed: the
+    layer's chip seed) and not kept; the layer is left as it was."""
     hardware = matmul.hardware
     out_features, in_features = weight.shape
-    layout = TileLayout.from_config(in_features, out_features, hardware)
-    planes = hardware.bit_planes
+    counts = ChipInventory.of(out_features, in_features, hardware)
     magnitudes = matmul.weight_quantizer.integers(weight).detach().abs().cpu()
-    lrs_cells = int(magnitude_bit_planes(magnitudes, planes).sum())
-    cells = planes * 2 * in_features * out_features
-    tiles = 2 * planes * layout.tiles_in * layout.tiles_out
-    capacity = tiles * layout.tile_rows * layout.tile_cols
-    dac_conversions = planes * layout.tiles_out * in_features
-    adc_conversions = planes * layout.tiles_in * out_features
+    lrs_cells = int(magnitude_bit_planes(magnitudes, hardware.bit_planes).sum())
 
-    chip = matmul.chip
-    if chip is None or chip.hardware != hardware or chip.layout != layout:
-        matmul.program(weight)
-        chip = matmul.chip
+    chip = matmul.chip if matmul.is_programmed_for(weight) else matmul.build_chip(weight)
     # sum over cells of I(U, r) = (1 - r) L(U) + r H(U) at the full-scale voltage U.
     voltage = torch.tensor(hardware.input_voltage, dtype=torch.float64)
-    curves = CellCurves(device_params(hardware), hardware.cell_model)
-    low, high = float(curves.low(voltage)), float(curves.high(voltage))
-    state_sum = float(chip.total.double().sum())  # padded rows hold 0
-    current_sum = cells * low + state_sum * (high - low)
+    cells = cell_model(hardware)
+    low, high = float(cells.low(voltage)), float(cells.high(voltage))
+    current_sum = counts.cells * low + chip.state_sum() * (high - low)
     cell_energy = hardware.cell_read_time * hardware.input_voltage * current_sum
 
-    dac_energy = dac_conversions * dac_conversion_energy(hardware)
+    dac_energy = counts.dac_conversions * dac_conversion_energy(hardware)
     per_conversion = adc_conversion_energy(hardware)
-    adc_energy = None if per_conversion is None else adc_conversions * per_conversion
+    adc_energy = None if per_conversion is None else counts.adc_conversions * per_conversion
     return LayerInventory(
         name=matmul.name,
         out_features=out_features,
         in_features=in_features,
-        weights=out_features * in_features,
-        bit_planes=planes,
-        tiles=tiles,
-        capacity=capacity,
-        cells=cells,
+        weights=counts.weights,
+        bit_planes=counts.bit_planes,
+        tiles=counts.arrays,
+        capacity=counts.capacity,
+        cells=counts.cells,
         lrs_cells=lrs_cells,
-        hrs_cells=cells - lrs_cells,
-        utilization=cells / capacity,
-        dac_conversions=dac_conversions,
-        adc_conversions=adc_conversions,
-        cell_reads=cells,
+        hrs_cells=counts.cells - lrs_cells,
+        utilization=counts.utilization,
+        dac_conversions=counts.dac_conversions,
+        adc_conversions=counts.adc_conversions,
+        cell_reads=counts.cell_reads,
         dac_energy=dac_energy,
         adc_energy=adc_energy,
         cell_energy=cell_energy,
@@ -291,7 +270,7 @@ def layer_inventory(
 
 
 def hardware_report(model: Model, errors: Mapping[str, float] | None = None) -> HardwareReport:
-    """Inventory of every mapped matrix of ``model`` (programs chips that are missing).
+    """Inventory of every mapped matrix of ``model`` (the model's chips are not changed).
 
     ``errors``: per-layer relative errors (from `layer_errors`) to include, by layer name.
     """
@@ -337,7 +316,7 @@ def layer_errors(
             matmul.execution = execution
             other = matmul(*args, **kwargs)
         finally:
-            matmul.execution = "fake_quant"
+            matmul.execution = Execution.FAKE_QUANT
             inside.pop()
         reference = output.detach().double()
         difference = other.detach().double() - reference
@@ -350,7 +329,7 @@ def layer_errors(
         for root in roots:
             root.eval()
         for matmul in matmuls:
-            matmul.execution = "fake_quant"
+            matmul.execution = Execution.FAKE_QUANT
         run()
     finally:
         for handle in handles:
@@ -367,3 +346,34 @@ def _relative(squared_error: float, squared_reference: float) -> float:
     if squared_error == 0.0:
         return 0.0
     return math.sqrt(squared_error / squared_reference) if squared_reference > 0 else math.inf
+
+
+def report_trained_run(
+    hparams_file: str | os.PathLike,
+    run_folder: str | os.PathLike,
+    overrides: Mapping[str, object],
+    train_script: str | os.PathLike,
+    split: str = "test",
+    utterances: int = 4,
+    out: str | os.PathLike | None = None,
+) -> tuple[HardwareReport, dict[str, Path]]:
+    """The hardware report of a trained recipe run (its study checkpoint, `runs`), with the
+    per-layer analog error on the first ``utterances`` of ``split`` (0: skipped), written to
+    ``out`` (default: the run folder). Returns the report and the written paths."""
+    from speechbrain_memristor.studies.runs import (
+        TrainedRun,
+        forward_examples,
+        load_trained_brain,
+        split_examples,
+    )
+
+    run = TrainedRun.load(run_folder)
+    brain, hparams = load_trained_brain(hparams_file, run, dict(overrides), train_script)
+    model = brain.memristor.model
+    errors = None
+    if utterances > 0:
+        examples = split_examples(hparams, split, utterances)
+        torch.manual_seed(0)
+        errors = layer_errors(model, lambda: forward_examples(brain, examples))
+    report = hardware_report(model, errors)
+    return report, report.write(out or run.folder)

@@ -11,19 +11,12 @@ returns integer codes (value / step); multiplying by ``step`` gives values.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from speechbrain_memristor.config import HardwareConfig
-from speechbrain_memristor.device.cells import CellArray
-from speechbrain_memristor.device.params import DeviceParams
-
-# Cells sampled (fixed seed) to find the median LRS/HRS resistances for the calibrated scale.
-CALIBRATION_CELLS = 1 << 16
-CALIBRATION_SEED = 0
 
 
 def quantize_symmetric(values: Tensor, scale: Tensor | float, qmax: int) -> Tensor:
@@ -88,41 +81,3 @@ class AnalogToDigitalConverter:
     def convert_(self, values: Tensor, gain: float) -> Tensor:
         """In place: codes of ``values * gain`` (gain: value per unit of ``values``)."""
         return self.quantize_steps_(values.mul_(gain / self.step))
-
-
-def calibrated_current_scale(hardware: HardwareConfig) -> float:
-    """``hardware.current_scale`` or, if None, the calibrated value per ampere (see module doc).
-
-    Synaptogen cells: 1 / (input_voltage * (1/R_LRS - 1/R_HRS)) with the median resistances of
-    CALIBRATION_CELLS fresh model cells (1/R is the cell's conductance at U0). Ideal cells:
-    1 / (input_voltage * G_LLRS).
-    """
-    if hardware.current_scale is not None:
-        return hardware.current_scale
-    conductance = _calibration_conductance(
-        hardware.device_params, hardware.device_var_order, hardware.cell_model
-    )
-    return 1.0 / (hardware.input_voltage * conductance)
-
-
-def device_params(hardware: HardwareConfig) -> DeviceParams:
-    """The (cached) device parameters named by ``hardware`` (synaptogen's defaults for None)."""
-    return _load_device_params(hardware.device_params, hardware.device_var_order)
-
-
-@functools.lru_cache(maxsize=8)
-def _load_device_params(path: str | None, var_order: int) -> DeviceParams:
-    return DeviceParams.load(path, var_order=var_order)
-
-
-@functools.lru_cache(maxsize=8)
-def _calibration_conductance(params_path: str | None, var_order: int, cell_model: str) -> float:
-    """Conductance difference (S) between a median bit-1 cell and a median bit-0 cell."""
-    params = _load_device_params(params_path, var_order)
-    if cell_model == "ideal":
-        return float(params.g_llrs)
-    generator = torch.Generator().manual_seed(CALIBRATION_SEED)
-    cells = CellArray(CALIBRATION_CELLS, params=params, var_order=var_order, generator=generator)
-    lrs_ohms = cells.lrs.double().median()
-    hrs_ohms = cells.hrs.double().median()
-    return float(1.0 / lrs_ohms - 1.0 / hrs_ohms)

@@ -9,29 +9,33 @@ checkpoints):
 3. ``qat_<b>bit/``: the same recipe fine-tunes the float model with quantization-aware
    training (``fake_quant``) at ``b``-bit weights and evaluates test WER in ``digital``,
    ``fake_quant`` and ``analog`` execution on several programmed chips.
-4. ``qat_<b>bit/hardware_report.{md,csv,json}``: the ``report`` command on the QAT model
-   (inventory, first-order energy and latency, per-layer analog error).
+4. ``qat_<b>bit/hardware_report.{md,csv,json}``: the hardware report of the QAT model
+   (inventory, first-order energy and latency, per-layer analog error), made in process.
 5. ``results.{md,csv,json}`` and ``wer_by_execution.png`` in the output folder.
 
-Everything runs in the recipe's own scripts; this module only orchestrates them.
+Training and evaluation run in the recipe's own scripts; this module only orchestrates them.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
-import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from speechbrain_memristor.atomic import write_atomic
+from speechbrain_memristor.brain.results import EvaluationTable
+from speechbrain_memristor.studies.plots import plot_wer_by_execution
+from speechbrain_memristor.studies.report import report_trained_run
+from speechbrain_memristor.studies.runs import RunError, bundled_recipe
+from speechbrain_memristor.util.atomic import write_atomic
+from speechbrain_memristor.util.processes import run_logged
+from speechbrain_memristor.util.stats import summary_statistics
+from speechbrain_memristor.util.tables import csv_table
+from speechbrain_memristor.util.tables import markdown_table as render_markdown
 
 logger = logging.getLogger(__name__)
 
-RECIPE_FOLDER = Path(__file__).resolve().parents[1] / "recipes" / "TEDLIUM2" / "ASR" / "conformer"
 DEMO_HPARAMS = "hparams/demo_conformer_ctc.yaml"
 
 
@@ -76,15 +80,12 @@ class DemoSettings:
         return self.out_dir / f"qat_{self.weight_bits}bit"
 
 
-def recipe_train_script() -> Path:
-    """The TED-LIUM 2 recipe's train.py of this source checkout."""
-    script = RECIPE_FOLDER / "train.py"
-    if not script.is_file():
-        raise DemoError(
-            f"The demo runs the TED-LIUM 2 recipe, but {script} does not exist. Install the "
-            "project from its source checkout (pip install -e .) so the recipes/ folder is there."
-        )
-    return script
+def recipe_folder() -> Path:
+    """The bundled TED-LIUM 2 recipe the demo runs (a `DemoError` if it is missing)."""
+    try:
+        return bundled_recipe()
+    except RunError as error:
+        raise DemoError(str(error)) from None
 
 
 def run_recipe(output_folder: Path, overrides: dict[str, object], log_name: str) -> None:
@@ -92,32 +93,13 @@ def run_recipe(output_folder: Path, overrides: dict[str, object], log_name: str)
 
     Its console output is shown live and also kept in ``output_folder/<log_name>``.
     """
-    command = [sys.executable, str(recipe_train_script()), DEMO_HPARAMS]
+    folder = recipe_folder()
+    command = [sys.executable, str(folder / "train.py"), DEMO_HPARAMS]
     command += [f"--{key}={value}" for key, value in overrides.items()]
-    run_logged(command, output_folder / log_name, "The recipe")
-
-
-def run_logged(command: list[str], log_path: Path, what: str) -> None:
-    """Run ``command`` in the recipe folder, showing its output live and keeping it in
-    ``log_path``; raise `DemoError` naming ``what`` and the log if it fails."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    logger.info("Running: %s", " ".join(command))
-    with open(log_path, "w", encoding="utf-8") as log_file:
-        process = subprocess.Popen(
-            command,
-            cwd=RECIPE_FOLDER,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            bufsize=1,
-        )
-        assert process.stdout is not None
-        for line in process.stdout:
-            sys.stdout.write(line)
-            log_file.write(line)
-        returncode = process.wait()
-    if returncode != 0:
-        raise DemoError(f"{what} failed (exit status {returncode}); see {log_path}.")
+    log_path = output_folder / log_name
+    status = run_logged(command, log_path, cwd=folder)
+    if status != 0:
+        raise DemoError(f"The recipe failed (exit status {status}); see {log_path}.")
 
 
 def hardware_report(settings: DemoSettings) -> Path:
@@ -125,11 +107,14 @@ def hardware_report(settings: DemoSettings) -> Path:
     first-order energy and latency per frame, per-layer analog error on 4 test utterances."""
     report = settings.qat_folder / "hardware_report.md"
     if not report.is_file():
-        command = [sys.executable, "-m", "speechbrain_memristor.cli", "report", DEMO_HPARAMS]
-        command += ["--run", str(settings.qat_folder), "--split", "test"]
-        for key, value in _hardware_overrides(settings).items():
-            command += ["--set", f"{key}={value}"]
-        run_logged(command, settings.qat_folder / "report_log.txt", "The hardware report")
+        folder = recipe_folder()
+        report_trained_run(
+            folder / DEMO_HPARAMS,
+            settings.qat_folder,
+            _hardware_overrides(settings),
+            folder / "train.py",
+            split="test",
+        )
     return report
 
 
@@ -137,10 +122,9 @@ def _hardware_overrides(settings: DemoSettings) -> dict[str, object]:
     return {"hardware_preset": settings.hardware_preset, "weight_bits": settings.weight_bits}
 
 
-def evaluation_table(folder: Path) -> dict | None:
+def evaluation_table(folder: Path) -> EvaluationTable | None:
     """The memristor test table a recipe run wrote in ``folder`` (None if not there yet)."""
-    path = folder / "memristor_test.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    return EvaluationTable.read(folder, "test")
 
 
 def train_and_evaluate(settings: DemoSettings, release: Path) -> tuple[dict, dict]:
@@ -183,19 +167,21 @@ def train_and_evaluate(settings: DemoSettings, release: Path) -> tuple[dict, dic
     return float_table, qat_table
 
 
-def summarize(settings: DemoSettings, float_table: dict, qat_table: dict) -> dict:
+def summarize(
+    settings: DemoSettings, float_table: EvaluationTable, qat_table: EvaluationTable
+) -> dict:
     """Result rows (model, execution, chips, WER mean/std/min/max) and the relative degradation."""
-    float_wer = next(run["metric"] for run in float_table["runs"] if run["execution"] == "digital")
+    float_wer = float_table.metrics("digital")[0]
     rows = [_row("float", "digital", [float_wer])]
     qat_model = f"QAT {settings.weight_bits}-bit"
     for execution in ("digital", "fake_quant", "analog"):
-        values = [run["metric"] for run in qat_table["runs"] if run["execution"] == execution]
+        values = qat_table.metrics(execution)
         if values:
             rows.append(_row(qat_model, execution, values))
     analog = rows[-1]
     return {
         "settings": {key: str(value) for key, value in asdict(settings).items()},
-        "hardware": qat_table["hardware"],
+        "hardware": qat_table.hardware,
         "rows": rows,
         "float_wer": float_wer,
         "analog_wer_mean": analog["wer_mean"],
@@ -205,18 +191,9 @@ def summarize(settings: DemoSettings, float_table: dict, qat_table: dict) -> dic
 
 
 def _row(model: str, execution: str, wers: list[float]) -> dict:
-    mean = sum(wers) / len(wers)
-    spread = (sum((w - mean) ** 2 for w in wers) / (len(wers) - 1)) ** 0.5 if len(wers) > 1 else 0
-    return {
-        "model": model,
-        "execution": execution,
-        "chips": len(wers) if execution == "analog" else "",
-        "wer_mean": mean,
-        "wer_std": spread,
-        "wer_min": min(wers),
-        "wer_max": max(wers),
-        "wers": wers,
-    }
+    statistics = {f"wer_{key}": value for key, value in summary_statistics(wers).items()}
+    chips = len(wers) if execution == "analog" else ""
+    return {"model": model, "execution": execution, "chips": chips, **statistics, "wers": wers}
 
 
 COLUMNS = ("model", "execution", "chips", "wer_mean", "wer_std", "wer_min", "wer_max")
@@ -224,64 +201,20 @@ COLUMNS = ("model", "execution", "chips", "wer_mean", "wer_std", "wer_min", "wer
 
 def markdown_table(summary: dict) -> str:
     """The result table as Markdown, with the relative degradation below it."""
-    lines = [
-        "| model | execution | chips | WER % mean | std | min | max |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+    rows = [
+        [row["model"], row["execution"], row["chips"], *(f"{row[key]:.2f}" for key in COLUMNS[3:])]
+        for row in summary["rows"]
     ]
-    for row in summary["rows"]:
-        numbers = " | ".join(f"{row[key]:.2f}" for key in COLUMNS[3:])
-        lines.append(f"| {row['model']} | {row['execution']} | {row['chips']} | {numbers} |")
-    lines.append("")
-    lines.append(
-        f"Relative WER degradation of analog execution (mean over chips) versus the float "
-        f"baseline: {100 * summary['relative_degradation']:+.1f} %"
+    columns = ("model", "execution", "chips", "WER % mean", "std", "min", "max")
+    return render_markdown(columns, rows) + (
+        "\nRelative WER degradation of analog execution (mean over chips) versus the float "
+        f"baseline: {100 * summary['relative_degradation']:+.1f} %\n"
     )
-    return "\n".join(lines) + "\n"
-
-
-def csv_table(summary: dict) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(COLUMNS)
-    for row in summary["rows"]:
-        writer.writerow([row[key] for key in COLUMNS])
-    return buffer.getvalue()
-
-
-def plot_wer(summary: dict, path: Path) -> Path:
-    """Bar chart of WER by model and execution; analog shows each chip and the std error bar."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = summary["rows"]
-    labels = [f"{row['model']}\n{row['execution']}" for row in rows]
-    figure, axes = plt.subplots(figsize=(1.8 * len(rows) + 1, 4))
-    positions = range(len(rows))
-    axes.bar(
-        positions,
-        [row["wer_mean"] for row in rows],
-        yerr=[row["wer_std"] for row in rows],
-        capsize=4,
-        color=["0.6"] + ["C0"] * (len(rows) - 2) + ["C3"],
-    )
-    for position, row in zip(positions, rows, strict=True):
-        if row["execution"] == "analog":
-            axes.scatter([position] * len(row["wers"]), row["wers"], color="k", s=12, zorder=3)
-    axes.set_xticks(list(positions), labels)
-    axes.set_ylabel("test WER (%)")
-    axes.set_title("WER by execution mode (dots: individual chips)")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120)
-    plt.close(figure)
-    return write_atomic(path, buffer.getvalue())
 
 
 def run_demo(settings: DemoSettings) -> dict:
     """Run every step (skipping finished ones) and write the results; returns the summary."""
-    from speechbrain_memristor.corpus.layout import make_corpus
+    from speechbrain_memristor.app.corpus.layout import make_corpus
 
     logger.info("Step 1/5: synthesized TED-LIUM 2 corpus")
     release = make_corpus(
@@ -293,8 +226,9 @@ def run_demo(settings: DemoSettings) -> dict:
     logger.info("Step 5/5: results")
     summary = summarize(settings, float_table, qat_table)
     summary["hardware_report"] = str(report)
+    rows = [[row[key] for key in COLUMNS] for row in summary["rows"]]
     write_atomic(settings.out_dir / "results.json", json.dumps(summary, indent=2) + "\n")
-    write_atomic(settings.out_dir / "results.csv", csv_table(summary))
+    write_atomic(settings.out_dir / "results.csv", csv_table(COLUMNS, rows))
     write_atomic(settings.out_dir / "results.md", markdown_table(summary))
-    plot_wer(summary, settings.out_dir / "wer_by_execution.png")
+    plot_wer_by_execution(summary["rows"], settings.out_dir / "wer_by_execution.png")
     return summary

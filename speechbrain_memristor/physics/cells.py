@@ -27,21 +27,20 @@ import numbers
 import torch
 from torch import Tensor
 
-from speechbrain_memristor.device.noise import read_noise_variance
-from speechbrain_memristor.device.params import HRS, LRS, N_FEATURES, UR, US, DeviceParams
+from speechbrain_memristor.physics.noise import read_noise_variance
+from speechbrain_memristor.physics.params import (
+    HRS,
+    LRS,
+    N_FEATURES,
+    UR,
+    US,
+    DeviceParams,
+    load_device_params,
+)
 
 CPU_BLOCK_CELLS = 1 << 16
 """Cells created or advanced to a new cycle per block on CPU: bounds temporaries (about 200 B
 per cell) to a few MB, which stay in cache and are reused by the allocator."""
-
-_default_params: dict[int, DeviceParams] = {}
-
-
-def _load_default_params(var_order: int) -> DeviceParams:
-    """The installed synaptogen parameters, read once per var_order."""
-    if var_order not in _default_params:
-        _default_params[var_order] = DeviceParams.load(var_order=var_order)
-    return _default_params[var_order]
 
 
 class CellArray:
@@ -81,7 +80,7 @@ class CellArray:
             )
         n = int(n)
         if params is None:
-            params = _load_default_params(10 if var_order is None else var_order)
+            params = load_device_params(None, 10 if var_order is None else var_order)
         elif var_order is not None and var_order != params.var_order:
             raise ValueError(
                 f"CellArray: var_order={var_order} contradicts params.var_order="

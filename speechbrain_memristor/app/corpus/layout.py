@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from speechbrain_memristor.corpus.espeak import check_available, synthesize_in_subprocess
-from speechbrain_memristor.corpus.speakers import Speaker, make_speakers
-from speechbrain_memristor.corpus.text import CLOSING, sentence, spoken_text
+from speechbrain_memristor.app.corpus.espeak import check_available, synthesize_in_subprocess
+from speechbrain_memristor.app.corpus.speakers import Speaker, make_speakers
+from speechbrain_memristor.app.corpus.text import CLOSING, sentence, spoken_text
 
 logger = logging.getLogger(__name__)
 

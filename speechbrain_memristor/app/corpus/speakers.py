@@ -10,7 +10,7 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from speechbrain_memristor.corpus.espeak import VoiceSettings
+from speechbrain_memristor.app.corpus.espeak import VoiceSettings
 
 
 def _words(text: str) -> tuple[str, ...]:

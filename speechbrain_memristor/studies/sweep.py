@@ -25,31 +25,31 @@ TED-LIUM 2 recipe does.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import itertools
 import json
 import logging
 import os
-import subprocess
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
+from tqdm import tqdm
 
-from speechbrain_memristor.atomic import write_atomic
+from speechbrain_memristor.brain.results import EvaluationTable, table_stem
 from speechbrain_memristor.config import HardwareConfig
+from speechbrain_memristor.studies.plots import plot_sweep
+from speechbrain_memristor.studies.runs import TrainedRun, bundled_recipe
+from speechbrain_memristor.util.atomic import write_atomic
+from speechbrain_memristor.util.processes import run_logged
+from speechbrain_memristor.util.stats import STATISTICS
+from speechbrain_memristor.util.tables import csv_table, markdown_table, setting_text
 
 logger = logging.getLogger(__name__)
 
-RECIPE_TRAIN_SCRIPT = (
-    Path(__file__).resolve().parents[1] / "recipes" / "TEDLIUM2" / "ASR" / "conformer" / "train.py"
-)
 SPLITS = ("dev", "test")
 NULL_WORDS = ("null", "none", "~", "ideal")
 # Recipe keys the sweep sets itself; user overrides must not name them.
@@ -142,54 +142,11 @@ def load_grid_file(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-@dataclass(frozen=True)
-class TrainedRun:
-    """A trained recipe run: its output folder and the hardware its checkpoint was saved with."""
-
-    folder: Path
-    hardware: dict[str, Any]
-
-    @property
-    def weight_bits(self) -> int:
-        return int(self.hardware["weight_bits"])
-
-    @classmethod
-    def load(cls, folder: str | os.PathLike) -> TrainedRun:
-        """Reads the MemristorHook state (``memristor.ckpt``) of the newest checkpoint."""
-        folder = Path(folder).resolve()
-        saved = sorted((folder / "save").glob("CKPT+*/memristor.ckpt"))
-        if not saved:
-            raise SweepError(
-                f"Run {folder} has no checkpoint with hardware state (save/CKPT+*/memristor.ckpt); "
-                "give the output folder of a run trained with the memristor recipe."
-            )
-        state = torch.load(saved[-1], map_location="cpu", weights_only=False)
-        return cls(folder, dict(state["hardware"]))
-
-    def recipe_value(self, key: str) -> str | None:
-        """A top-level value of the run's resolved ``hyperparams.yaml`` (None if absent)."""
-        path = self.folder / "hyperparams.yaml"
-        if not path.is_file():
-            return None
-        with open(path, encoding="utf-8") as stream:
-            data = yaml.load(stream, Loader=yaml.BaseLoader) or {}
-        value = data.get(key)
-        return value if isinstance(value, str) else None
-
-
-def _read_table(path: Path) -> dict | None:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
 def reference_wers(folder: Path, split: str) -> dict[str, float]:
     """WER of each non-analog execution (digital, fake_quant) in a run's own result table
-    ``memristor_<split>.json`` (empty if the run has none)."""
-    table = _read_table(folder / f"memristor_{split}.json")
-    references: dict[str, float] = {}
-    for run in (table or {}).get("runs", []):
-        if run["execution"] != "analog" and run["metric"] is not None:
-            references.setdefault(run["execution"], run["metric"])
-    return references
+    for ``split`` (empty if the run has none)."""
+    table = EvaluationTable.read(folder, split)
+    return {} if table is None else table.reference_metrics()
 
 
 @dataclass(frozen=True)
@@ -210,8 +167,8 @@ class SweepPoint:
         """HardwareConfig fields this point sets."""
         changes = {}
         for key, value in self.settings.items():
-            for field in AXES[key].hardware_fields:
-                changes[field] = value
+            for name in AXES[key].hardware_fields:
+                changes[name] = value
         return changes
 
 
@@ -274,8 +231,7 @@ def plan_points(grid: Mapping[str, list[Any]], runs: Sequence[TrainedRun]) -> li
 
 
 def _hardware(saved: Mapping[str, Any], changes: Mapping[str, Any]) -> HardwareConfig:
-    known = {field.name for field in fields(HardwareConfig)}
-    return HardwareConfig(**{**{k: v for k, v in saved.items() if k in known}, **changes})
+    return HardwareConfig(**{**saved, **changes})
 
 
 def _override(value: Any) -> str:
@@ -302,7 +258,7 @@ class Sweep:
         overrides: further recipe overrides for every point (those the runs were trained
             with, e.g. model sizes); ``data_folder``/``prepared_folder`` default to the runs'.
         float_run: optional float baseline run folder, whose own table gives the float WER.
-        train_script: the recipe's train.py.
+        train_script: the recipe's train.py (default: the bundled TED-LIUM 2 recipe's).
     """
 
     hparams: Path
@@ -312,7 +268,7 @@ class Sweep:
     split: str = "test"
     overrides: dict[str, Any] | None = None
     float_run: Path | None = None
-    train_script: Path = RECIPE_TRAIN_SCRIPT
+    train_script: Path = field(default_factory=lambda: bundled_recipe() / "train.py")
 
     def __post_init__(self) -> None:
         problems = []
@@ -338,18 +294,14 @@ class Sweep:
         return self.out_dir / "points" / point.identifier
 
     def table_path(self, point: SweepPoint) -> Path:
-        return self.point_folder(point) / f"memristor_{self.split}.json"
+        return Path(f"{table_stem(self.point_folder(point), self.split)}.json")
 
     def is_done(self, point: SweepPoint) -> bool:
         return self.table_path(point).is_file()
 
     def command(self, point: SweepPoint) -> list[str]:
         """The recipe command evaluating ``point`` (test only, analog, one split)."""
-        run = point.run
-        overrides: dict[str, Any] = {
-            key: run.recipe_value(key) for key in ("data_folder", "prepared_folder")
-        }
-        overrides = {key: value for key, value in overrides.items() if value is not None}
+        overrides: dict[str, Any] = point.run.data_overrides()
         overrides.update(self.overrides or {})
         overrides.update(point.settings)
         overrides.update(
@@ -380,20 +332,12 @@ class Sweep:
         if not link.is_symlink():
             link.symlink_to(point.run.folder / "save", target_is_directory=True)
         log_path = folder / "sweep_log.txt"
-        command = self.command(point)
-        with open(log_path, "w", encoding="utf-8") as log:
-            log.write(" ".join(command) + "\n")
-            log.flush()
-            completed = subprocess.run(
-                command,
-                cwd=Path(self.train_script).parent,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                check=False,
-            )
-        if completed.returncode != 0 or not self.is_done(point):
+        status = run_logged(
+            self.command(point), log_path, cwd=Path(self.train_script).parent, echo=False
+        )
+        if status != 0 or not self.is_done(point):
             raise SweepError(
-                f"Point {point.settings} failed (exit status {completed.returncode}); see "
+                f"Point {point.settings} failed (exit status {status}); see "
                 f"{log_path}. Fix it and rerun: finished points are kept."
             )
 
@@ -410,8 +354,8 @@ class Sweep:
             len(self.points) - len(pending),
             len(pending),
         )
-        for number, point in enumerate(pending, 1):
-            logger.info("Sweep point %d/%d: %s", number, len(pending), point.settings)
+        for point in tqdm(pending, desc="sweep points", unit="point", disable=not pending):
+            logger.info("Sweep point %s: %s", point.identifier, point.settings)
             evaluate(point)
         return self.write_results()
 
@@ -419,20 +363,19 @@ class Sweep:
         """Rows of the finished points (WER summary over chips) and the references."""
         rows = []
         for point in self.points:
-            table = _read_table(self.table_path(point))
+            table = EvaluationTable.read(self.point_folder(point), self.split)
             if table is None:
                 continue
-            summary = table["analog_summary"]
-            wers = [run["metric"] for run in table["runs"] if run["execution"] == "analog"]
+            summary = table.analog_summary()
             rows.append(
                 {
                     "point": point.identifier,
                     "run": str(point.run.folder),
                     "settings": point.settings,
-                    "hardware": table["hardware"],
+                    "hardware": table.hardware,
                     "chips": summary["chips"],
                     "seeds": summary["seeds"],
-                    "wers": wers,
+                    "wers": table.metrics("analog"),
                     **{f"wer_{key}": value for key, value in summary["metric"].items()},
                 }
             )
@@ -458,7 +401,7 @@ class Sweep:
         write_atomic(self.out_dir / "sweep.json", json.dumps(results, indent=2) + "\n")
         write_atomic(self.out_dir / "sweep.csv", _csv(results, axes))
         write_atomic(self.out_dir / "sweep.md", _markdown(results, axes))
-        results["plots"] = [str(path) for path in plot_results(results, axes, self.out_dir)]
+        results["plots"] = [str(path) for path in plot_sweep(results, axes, self.out_dir)]
         return results
 
     def setting_columns(self) -> list[str]:
@@ -469,40 +412,39 @@ class Sweep:
         return columns
 
 
-STATISTICS = ("wer_mean", "wer_std", "wer_min", "wer_max")
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "ideal"
-    if isinstance(value, float):
-        return f"{value:.2f}"
-    return str(value)
+WER_STATISTICS = tuple(f"wer_{statistic}" for statistic in STATISTICS)
 
 
 def _csv(results: dict, axes: list[str]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["point", *axes, "chips", *STATISTICS])
-    for row in results["rows"]:
-        settings = [_cell(row["settings"].get(axis)) for axis in axes]
-        writer.writerow([row["point"], *settings, row["chips"], *(row[k] for k in STATISTICS)])
-    return buffer.getvalue()
+    rows = [
+        [
+            row["point"],
+            *(setting_text(row["settings"].get(axis)) for axis in axes),
+            row["chips"],
+            *(row[key] for key in WER_STATISTICS),
+        ]
+        for row in results["rows"]
+    ]
+    return csv_table(["point", *axes, "chips", *WER_STATISTICS], rows)
 
 
 def _markdown(results: dict, axes: list[str]) -> str:
     columns = ["point", *axes, "chips", "WER % mean", "std", "min", "max"]
+    rows = [
+        [
+            row["point"],
+            *(setting_text(row["settings"].get(axis)) for axis in axes),
+            str(row["chips"]),
+            *(f"{row[key]:.2f}" for key in WER_STATISTICS),
+        ]
+        for row in results["rows"]
+    ]
     lines = [
         f"# Hardware sweep ({results['split']}, {len(results['rows'])} of "
         f"{results['points']} points finished)",
         "",
-        "| " + " | ".join(columns) + " |",
-        "|" + "|".join(" --- " for _ in columns) + "|",
+        markdown_table(columns, rows).rstrip("\n"),
     ]
-    for row in results["rows"]:
-        cells = [row["point"], *(_cell(row["settings"].get(axis)) for axis in axes)]
-        cells += [str(row["chips"]), *(f"{row[key]:.2f}" for key in STATISTICS)]
-        lines.append("| " + " | ".join(cells) + " |")
     references = [
         f"- {bits}-bit run, {execution}: {wer:.2f}"
         for bits, wers in results["references"].items()
@@ -513,109 +455,3 @@ def _markdown(results: dict, axes: list[str]) -> str:
     if references:
         lines += ["", "References (WER % from the runs' own tables):", "", *references]
     return "\n".join(lines) + "\n"
-
-
-def _line_label(settings: Mapping[str, Any], varying: Iterable[str], skip: set[str]) -> str:
-    parts = [f"{key}={_cell(settings[key])}" for key in varying if key not in skip]
-    return ", ".join(parts) or "analog"
-
-
-def _varying(rows: list[dict], axes: list[str]) -> list[str]:
-    return [axis for axis in axes if len({repr(row["settings"].get(axis)) for row in rows}) > 1]
-
-
-def plot_results(results: dict, axes: list[str], folder: Path) -> list[Path]:
-    """WER vs ADC precision bits (a line per range setting), WER vs weight bits (with the
-    float and fake_quant references), and the spread over chips; PNG files in ``folder``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    rows = results["rows"]
-    if not rows:
-        return []
-    varying = _varying(rows, axes)
-    written = []
-
-    def save(figure, name: str) -> None:
-        buffer = io.BytesIO()
-        figure.tight_layout()
-        figure.savefig(buffer, format="png", dpi=120)
-        plt.close(figure)
-        written.append(write_atomic(folder / name, buffer.getvalue()))
-
-    def lines(x_key: str, skip: set[str], with_adc: bool) -> dict[str, list[tuple]]:
-        grouped: dict[str, list[tuple]] = {}
-        for row in rows:
-            x = row["hardware"][x_key]
-            if with_adc and x is None:
-                continue
-            label = _line_label(row["settings"], varying, skip)
-            if with_adc:
-                label = f"range {row['hardware']['adc_range_bits']} bits" + (
-                    f", {label}" if label != "analog" else ""
-                )
-            grouped.setdefault(label, []).append((x, row["wer_mean"], row["wer_std"]))
-        return grouped
-
-    adc_lines = lines("adc_precision_bits", {"adc_precision_bits", "adc_range_bits"}, True)
-    if adc_lines:
-        figure, axis = plt.subplots(figsize=(6, 4))
-        _plot_error_bars(axis, adc_lines, "")
-        for row in rows:  # ideal-ADC points have no precision: a horizontal reference each
-            if row["hardware"]["adc_precision_bits"] is None:
-                label = _line_label(
-                    row["settings"], varying, {"adc_precision_bits", "adc_range_bits"}
-                )
-                suffix = f", {label}" if label != "analog" else ""
-                axis.axhline(
-                    row["wer_mean"], linestyle=":", color="gray", label=f"ideal ADC{suffix}"
-                )
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axis.set_xlabel("ADC precision bits")
-        axis.set_ylabel(f"{results['split']} WER (%)")
-        axis.set_title("WER vs ADC precision (mean and std over chips)")
-        axis.legend(fontsize=7)
-        save(figure, "wer_vs_adc_bits.png")
-
-    figure, axis = plt.subplots(figsize=(6, 4))
-    _plot_error_bars(axis, lines("weight_bits", {"weight_bits"}, False), "analog: ")
-    for execution, style in (("fake_quant", "s--"), ("digital", "^:")):
-        points = sorted(
-            (int(bits), wers[execution])
-            for bits, wers in results["references"].items()
-            if execution in wers
-        )
-        if points:
-            xs, values = zip(*points, strict=True)
-            axis.plot(xs, values, style, label=f"{execution} (same checkpoint)")
-    if results["float_wer"] is not None:
-        axis.axhline(results["float_wer"], color="k", linestyle="--", label="float baseline")
-    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axis.set_xlabel("weight bits")
-    axis.set_ylabel(f"{results['split']} WER (%)")
-    axis.set_title("WER vs weight precision")
-    axis.legend(fontsize=7)
-    save(figure, "wer_vs_weight_bits.png")
-
-    figure, axis = plt.subplots(figsize=(max(5, 0.8 * len(rows) + 2), 4))
-    for index, row in enumerate(rows):
-        axis.scatter([index] * len(row["wers"]), row["wers"], color="k", s=12, zorder=3)
-        axis.errorbar(index, row["wer_mean"], yerr=row["wer_std"], fmt="o", color="C3", capsize=4)
-    labels = [_line_label(row["settings"], varying, set()) for row in rows]
-    axis.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=7)
-    axis.set_ylabel(f"{results['split']} WER (%)")
-    axis.set_title("Spread over chips (dots: chips, red: mean and std)")
-    save(figure, "wer_spread_over_chips.png")
-    return written
-
-
-def _plot_error_bars(
-    axis, lines: dict[str, list[tuple[int, float, float]]], label_prefix: str
-) -> None:
-    """One error-bar line per label: (x, WER mean, WER std) points sorted by x."""
-    for label, points in sorted(lines.items()):
-        xs, means, stds = zip(*sorted(points), strict=True)
-        axis.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=label_prefix + label)

@@ -1,0 +1,1 @@
+"""Small shared utilities: stable seeds, atomic writes, tables, statistics, plots, processes."""
