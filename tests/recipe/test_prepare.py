@@ -15,7 +15,7 @@ import soundfile
 
 from speechbrain_memristor.app.corpus.layout import make_corpus
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "TEDLIUM2" / "tedlium2_prepare.py"
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "TEDLIUM2" / "tedlium2_prepare.py"
 _spec = importlib.util.spec_from_file_location("tedlium2_prepare", RECIPE)
 prepare = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = prepare  # dataclasses look their module up there

@@ -24,7 +24,7 @@ from speechbrain_memristor.convert import (
 from speechbrain_memristor.layers.attention import map_in_projection
 from speechbrain_memristor.layers.conv import MemristorConv1d, MemristorConv2d
 
-FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+FIXTURES = pathlib.Path(__file__).parents[1] / "fixtures"
 
 
 def load_yaml(name, overrides=None, seed=0):

@@ -20,7 +20,7 @@ from speechbrain_memristor.brain import EvaluationRun, MemristorBrain, Memristor
 from speechbrain_memristor.config import HardwareConfig
 from speechbrain_memristor.convert import hardware_matmuls, quantizer_state_dict
 
-FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+FIXTURES = pathlib.Path(__file__).parents[1] / "fixtures"
 RUN_OPTS = {"device": "cpu", "noprogressbar": True}
 
 
