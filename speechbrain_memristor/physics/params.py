@@ -92,39 +92,11 @@ class DeviceParams:
         path = default_params_path() if path is None else os.fspath(path)
         if isinstance(var_order, bool) or not isinstance(var_order, int) or var_order < 1:
             raise ValueError(f"var_order={var_order!r} is invalid; use a positive integer.")
-        data = _read_json(path)
-        reader = _KeyReader(path, data)
-        gamma = reader.array("γ", ndim=2)
-        if gamma.shape[0] != N_FEATURES or gamma.shape[1] < 1:
-            shape = tuple(gamma.shape)
-            reader.fail("γ", f"has shape {shape}, expected [{N_FEATURES}, degree + 1]")
-        u0 = reader.positive_scalar("U₀")
-        u_max = reader.positive_scalar("Umax")
-        eta = reader.positive_scalar("η")
-        hhrs = reader.array("HHRS", ndim=1)
-        llrs = reader.array("LLRS", ndim=1)
-        weights = reader.array("wk", ndim=1)
-        n_components = weights.shape[0]
-        if n_components < 1 or bool((weights < 0).any()) or float(weights.sum()) <= 0:
-            reader.fail("wk", "must hold at least one non-negative weight with a positive sum")
-        n_dtd = 2 * N_FEATURES
-        means = reader.array("μDtD", ndim=2)
-        if tuple(means.shape) != (n_dtd, n_components):
-            reader.fail(
-                "μDtD", f"has shape {tuple(means.shape)}, expected [{n_dtd}, {n_components}]"
-            )
-        cholesky = reader.array("LDtD", ndim=2)
-        if tuple(cholesky.shape) != (n_dtd, n_dtd * n_components):
-            reader.fail(
-                "LDtD",
-                f"has shape {tuple(cholesky.shape)}, expected [{n_dtd}, {n_dtd * n_components}]",
-            )
-        var_key = reader.var_key(var_order)
-        var_full = reader.array(var_key, ndim=2)
-        file_order = int(_VAR_KEY.match(var_key).group(1))
-        expected = (N_FEATURES, N_FEATURES * (file_order + 1))
-        if tuple(var_full.shape) != expected:
-            reader.fail(var_key, f"has shape {tuple(var_full.shape)}, expected {list(expected)}")
+        reader = _KeyReader(path, _read_json(path))
+        gamma, u0, u_max, eta, hhrs, llrs = _read_curves(reader)
+        weights, means, cholesky = _read_mixture(reader)
+        n_components, n_dtd = weights.shape[0], 2 * N_FEATURES
+        var_full = _read_var(reader, var_order)
 
         hhrs32 = hhrs.float()
         llrs32 = llrs.float()
@@ -276,3 +248,45 @@ class _KeyReader:
                 f"(available orders: {sorted(keys) or 'none'}); use a smaller var_order",
             )
         return keys[usable[0]]
+
+
+def _read_curves(reader: _KeyReader) -> tuple[Tensor, float, float, float, Tensor, Tensor]:
+    """Γ, U0, Umax, η and the HHRS / LLRS polynomials, checked."""
+    gamma = reader.array("γ", ndim=2)
+    if gamma.shape[0] != N_FEATURES or gamma.shape[1] < 1:
+        shape = tuple(gamma.shape)
+        reader.fail("γ", f"has shape {shape}, expected [{N_FEATURES}, degree + 1]")
+    u0 = reader.positive_scalar("U₀")
+    u_max = reader.positive_scalar("Umax")
+    eta = reader.positive_scalar("η")
+    return gamma, u0, u_max, eta, reader.array("HHRS", ndim=1), reader.array("LLRS", ndim=1)
+
+
+def _read_mixture(reader: _KeyReader) -> tuple[Tensor, Tensor, Tensor]:
+    """Device-to-device mixture weights [K], means [8, K] and Cholesky factors [8, 8 K]."""
+    weights = reader.array("wk", ndim=1)
+    n_components = weights.shape[0]
+    if n_components < 1 or bool((weights < 0).any()) or float(weights.sum()) <= 0:
+        reader.fail("wk", "must hold at least one non-negative weight with a positive sum")
+    n_dtd = 2 * N_FEATURES
+    means = reader.array("μDtD", ndim=2)
+    if tuple(means.shape) != (n_dtd, n_components):
+        reader.fail("μDtD", f"has shape {tuple(means.shape)}, expected [{n_dtd}, {n_components}]")
+    cholesky = reader.array("LDtD", ndim=2)
+    if tuple(cholesky.shape) != (n_dtd, n_dtd * n_components):
+        reader.fail(
+            "LDtD",
+            f"has shape {tuple(cholesky.shape)}, expected [{n_dtd}, {n_dtd * n_components}]",
+        )
+    return weights, means, cholesky
+
+
+def _read_var(reader: _KeyReader, var_order: int) -> Tensor:
+    """The file's VAR matrix of the smallest order >= ``var_order`` (not yet truncated)."""
+    var_key = reader.var_key(var_order)
+    var_full = reader.array(var_key, ndim=2)
+    file_order = int(_VAR_KEY.match(var_key).group(1))
+    expected = (N_FEATURES, N_FEATURES * (file_order + 1))
+    if tuple(var_full.shape) != expected:
+        reader.fail(var_key, f"has shape {tuple(var_full.shape)}, expected {list(expected)}")
+    return var_full

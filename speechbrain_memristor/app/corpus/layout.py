@@ -292,32 +292,12 @@ def make_corpus(
     A complete corpus already there with the same arguments is left alone; one made with other
     arguments, or any other content at that path, raises :class:`CorpusError`.
     """
-    if (
-        isinstance(utterances, bool)
-        or not isinstance(utterances, int)
-        or utterances < MIN_UTTERANCES
-    ):
-        raise CorpusError(
-            f"utterances={utterances!r} is invalid; use an integer >= {MIN_UTTERANCES}"
-        )
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise CorpusError(f"seed={seed!r} is invalid; use a non-negative integer")
-    jobs = _default_jobs() if jobs is None else jobs
-    if jobs < 1:
-        raise CorpusError(f"jobs={jobs!r} is invalid; use a positive integer")
+    jobs = _check_arguments(utterances, seed, jobs)
     out_dir = Path(out_dir)
     release = out_dir / RELEASE_NAME
     arguments = {"format_version": FORMAT_VERSION, "utterances": utterances, "seed": seed}
-    if release.exists():
-        manifest = _read_manifest(release)
-        if manifest is not None and manifest.get("arguments") == arguments:
-            logger.info("Corpus already complete at %s; nothing to do", release)
-            return release
-        found = manifest.get("arguments") if manifest else "no synthetic-corpus manifest"
-        raise CorpusError(
-            f"{release} already exists ({found}), which differs from the requested {arguments}; "
-            "choose another OUT_DIR or delete that folder"
-        )
+    if _already_complete(release, arguments):
+        return release
     try:
         check_available()
     except ImportError as error:
@@ -333,16 +313,7 @@ def make_corpus(
             for kind in ("sph", "stm"):
                 (partial / split / kind).mkdir(parents=True)
         talks = _synthesize_all(plans, partial, jobs, progress)
-        manifest = {
-            "arguments": arguments,
-            "description": "Synthetic TED-LIUM 2 style corpus made with eSpeak NG by speechbrain-memristor make-corpus",
-            "sample_rate": SAMPLE_RATE,
-            "talks": talks,
-            "hours": {
-                split: round(sum(t["seconds"] for t in talks if t["split"] == split) / 3600, 4)
-                for split in SPLITS
-            },
-        }
+        manifest = _manifest(arguments, talks)
         (partial / MANIFEST_NAME).write_text(
             json.dumps(manifest, indent=1) + "\n", encoding="utf-8"
         )
@@ -352,6 +323,54 @@ def make_corpus(
         raise
     logger.info("Wrote %d talks (%s hours) to %s", len(talks), manifest["hours"], release)
     return release
+
+
+def _check_arguments(utterances: object, seed: object, jobs: int | None) -> int:
+    """Validates the arguments of `make_corpus`; returns the number of jobs to run."""
+    if (
+        isinstance(utterances, bool)
+        or not isinstance(utterances, int)
+        or utterances < MIN_UTTERANCES
+    ):
+        raise CorpusError(
+            f"utterances={utterances!r} is invalid; use an integer >= {MIN_UTTERANCES}"
+        )
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise CorpusError(f"seed={seed!r} is invalid; use a non-negative integer")
+    jobs = _default_jobs() if jobs is None else jobs
+    if jobs < 1:
+        raise CorpusError(f"jobs={jobs!r} is invalid; use a positive integer")
+    return jobs
+
+
+def _already_complete(release: Path, arguments: dict) -> bool:
+    """True if ``release`` holds a complete corpus made with ``arguments``; a CorpusError if
+    it holds anything else; False if it does not exist."""
+    if not release.exists():
+        return False
+    manifest = _read_manifest(release)
+    if manifest is not None and manifest.get("arguments") == arguments:
+        logger.info("Corpus already complete at %s; nothing to do", release)
+        return True
+    found = manifest.get("arguments") if manifest else "no synthetic-corpus manifest"
+    raise CorpusError(
+        f"{release} already exists ({found}), which differs from the requested {arguments}; "
+        "choose another OUT_DIR or delete that folder"
+    )
+
+
+def _manifest(arguments: dict, talks: list[dict]) -> dict:
+    """The corpus manifest: arguments, sample rate, every talk, hours per split."""
+    return {
+        "arguments": arguments,
+        "description": "Synthetic TED-LIUM 2 style corpus made with eSpeak NG by speechbrain-memristor make-corpus",
+        "sample_rate": SAMPLE_RATE,
+        "talks": talks,
+        "hours": {
+            split: round(sum(t["seconds"] for t in talks if t["split"] == split) / 3600, 4)
+            for split in SPLITS
+        },
+    }
 
 
 def _synthesize_all(plans: list[TalkPlan], partial: Path, jobs: int, progress: bool) -> list[dict]:
