@@ -94,8 +94,7 @@ class ConvolutionRule(ConversionRule):
         return [MatrixSite("", shape, "weight", self.torch_class.__name__)]
 
     def map(self, module, names, hardware, execution):
-        factory = getattr(self.hardware_class, f"from_{self.torch_class.__name__.lower()}")
-        return factory(module, hardware, execution, name=names["weight"])
+        return self.hardware_class.from_conv(module, hardware, execution, name=names["weight"])
 
 
 class MultiheadAttentionRule(ConversionRule):

@@ -37,6 +37,55 @@ class _HardwareConvolution(HardwareLayer):
     dilation: tuple[int, ...]
     padding_mode: str
     _reversed_padding_repeated_twice: list[int]
+    _torch_class: type[torch.nn.modules.conv._ConvNd]  # the torch convolution it extends
+
+    def __init__(
+        self,
+        *args,
+        hardware: HardwareConfig | None = None,
+        execution: str = "digital",
+        name: str = "",
+        **kwargs,
+    ):
+        """The torch convolution's arguments (in_channels, out_channels, kernel_size, stride,
+        padding, dilation, groups, bias, padding_mode, device, dtype), then the hardware."""
+        self._torch_class.__init__(self, *args, **kwargs)
+        self._attach(hardware, execution, name)
+
+    @classmethod
+    def from_conv(
+        cls,
+        conv: torch.nn.modules.conv._ConvNd,
+        hardware: HardwareConfig | None,
+        execution: str = "digital",
+        name: str = "",
+    ):
+        """A layer with ``conv``'s settings sharing its weight and bias Parameter objects."""
+        if not isinstance(conv, cls._torch_class):
+            raise TypeError(
+                f"{cls.__name__}.from_conv expects a {cls._torch_class.__module__}."
+                f"{cls._torch_class.__name__}, got {type(conv).__name__}."
+            )
+        layer = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            bias=conv.bias is not None,
+            padding_mode=conv.padding_mode,
+            hardware=hardware,
+            execution=execution,
+            name=name,
+            device="meta",
+        )
+        layer.register_parameter("weight", conv.weight)
+        layer.register_parameter("bias", conv.bias)
+        layer.matmul = new_matmul(hardware, execution, name, conv.weight)  # off the meta device
+        layer.train(conv.training)
+        return layer
 
     def _attach(self, hardware: HardwareConfig | None, execution: str, name: str) -> None:
         self.matmul = new_matmul(hardware, execution, name, self.weight)
@@ -100,82 +149,20 @@ class _HardwareConvolution(HardwareLayer):
         return out if batched else out.squeeze(0)
 
 
-def _from_conv(cls, conv: torch.nn.modules.conv._ConvNd, hardware, execution: str, name: str):
-    """A ``cls`` layer with ``conv``'s settings sharing its weight and bias Parameter objects."""
-    layer = cls(
-        conv.in_channels,
-        conv.out_channels,
-        conv.kernel_size,
-        stride=conv.stride,
-        padding=conv.padding,
-        dilation=conv.dilation,
-        groups=conv.groups,
-        bias=conv.bias is not None,
-        padding_mode=conv.padding_mode,
-        hardware=hardware,
-        execution=execution,
-        name=name,
-        device="meta",
-    )
-    layer.register_parameter("weight", conv.weight)
-    layer.register_parameter("bias", conv.bias)
-    layer.matmul = new_matmul(hardware, execution, name, conv.weight)  # off the meta device
-    layer.train(conv.training)
-    return layer
-
-
 class MemristorConv1d(_HardwareConvolution, torch.nn.Conv1d):
     """`torch.nn.Conv1d` whose product runs through a `HardwareMatmul` (``self.matmul``).
 
-    The state_dict keys are those of `torch.nn.Conv1d`; ``hardware=None`` uses
-    ``HardwareConfig()`` defaults. Inputs [batch, in_channels, time] or [in_channels, time].
+    Arguments: those of `torch.nn.Conv1d`, plus ``hardware`` (None: ``HardwareConfig()``
+    defaults), ``execution`` and ``name`` (keywords). The state_dict keys are those of
+    `torch.nn.Conv1d`. Inputs [batch, in_channels, time] or [in_channels, time].
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int | tuple[int],
-        stride: int | tuple[int] = 1,
-        padding: str | int | tuple[int] = 0,
-        dilation: int | tuple[int] = 1,
-        groups: int = 1,
-        bias: bool = True,
-        padding_mode: str = "zeros",
-        hardware: HardwareConfig | None = None,
-        execution: str = "digital",
-        name: str = "",
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ):
-        torch.nn.Conv1d.__init__(
-            self,
-            in_channels,
-            out_channels,
-            kernel_size,
-            stride=stride,
-            padding=padding,
-            dilation=dilation,
-            groups=groups,
-            bias=bias,
-            padding_mode=padding_mode,
-            device=device,
-            dtype=dtype,
-        )
-        self._attach(hardware, execution, name)
+    _torch_class = torch.nn.Conv1d
 
     @classmethod
-    def from_conv1d(
-        cls,
-        conv: torch.nn.Conv1d,
-        hardware: HardwareConfig | None,
-        execution: str = "digital",
-        name: str = "",
-    ) -> MemristorConv1d:
+    def from_conv1d(cls, conv, hardware, execution="digital", name="") -> MemristorConv1d:
         """A MemristorConv1d sharing ``conv``'s weight and bias Parameter objects."""
-        if not isinstance(conv, torch.nn.Conv1d):
-            raise TypeError(f"from_conv1d expects a torch.nn.Conv1d, got {type(conv).__name__}.")
-        return _from_conv(cls, conv, hardware, execution, name)
+        return cls.from_conv(conv, hardware, execution, name)
 
 
 class MemristorConv2d(_HardwareConvolution, torch.nn.Conv2d):
@@ -185,48 +172,9 @@ class MemristorConv2d(_HardwareConvolution, torch.nn.Conv2d):
     unbatched [in_channels, height, width].
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int | tuple[int, int],
-        stride: int | tuple[int, int] = 1,
-        padding: str | int | tuple[int, int] = 0,
-        dilation: int | tuple[int, int] = 1,
-        groups: int = 1,
-        bias: bool = True,
-        padding_mode: str = "zeros",
-        hardware: HardwareConfig | None = None,
-        execution: str = "digital",
-        name: str = "",
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ):
-        torch.nn.Conv2d.__init__(
-            self,
-            in_channels,
-            out_channels,
-            kernel_size,
-            stride=stride,
-            padding=padding,
-            dilation=dilation,
-            groups=groups,
-            bias=bias,
-            padding_mode=padding_mode,
-            device=device,
-            dtype=dtype,
-        )
-        self._attach(hardware, execution, name)
+    _torch_class = torch.nn.Conv2d
 
     @classmethod
-    def from_conv2d(
-        cls,
-        conv: torch.nn.Conv2d,
-        hardware: HardwareConfig | None,
-        execution: str = "digital",
-        name: str = "",
-    ) -> MemristorConv2d:
+    def from_conv2d(cls, conv, hardware, execution="digital", name="") -> MemristorConv2d:
         """A MemristorConv2d sharing ``conv``'s weight and bias Parameter objects."""
-        if not isinstance(conv, torch.nn.Conv2d):
-            raise TypeError(f"from_conv2d expects a torch.nn.Conv2d, got {type(conv).__name__}.")
-        return _from_conv(cls, conv, hardware, execution, name)
+        return cls.from_conv(conv, hardware, execution, name)
