@@ -19,7 +19,6 @@ manifest ``synthetic_corpus.json`` marks a complete corpus, so a rerun is a no-o
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ import numpy as np
 from speechbrain_memristor.app.corpus.espeak import check_available, synthesize_in_subprocess
 from speechbrain_memristor.app.corpus.speakers import Speaker, make_speakers
 from speechbrain_memristor.app.corpus.text import CLOSING, sentence, spoken_text
+from speechbrain_memristor.util.seeding import seed_from_text
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +96,9 @@ class TalkPlan:
 
 
 def _derived_seed(*parts: object) -> int:
-    digest = hashlib.sha256(":".join(str(part) for part in parts).encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+    """A 31-bit seed of the parts joined by ":" (the corpus format's own rule: changing it
+    would change every synthesized corpus)."""
+    return seed_from_text(":".join(str(part) for part in parts), bits=31)
 
 
 def split_sizes(utterances: int) -> dict[str, int]:
