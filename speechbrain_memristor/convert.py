@@ -119,11 +119,6 @@ def _roots(model: Model) -> list[tuple[str, torch.nn.Module]]:
     )
 
 
-def _conv_shape(conv: torch.nn.modules.conv._ConvNd) -> tuple[int, int]:
-    taps = conv.weight[0, 0].numel()
-    return conv.out_channels, conv.in_channels * taps
-
-
 def _find_matrices(model: Model) -> _Walk:
     """Every mappable matrix, every module and every already converted layer of ``model``."""
     walk = _Walk([], [], [])
