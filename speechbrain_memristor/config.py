@@ -2,8 +2,9 @@
 
 `HardwareConfig` is one validated dataclass shared by every hardware-aware layer. It is
 constructible from YAML (``!new:speechbrain_memristor.config.HardwareConfig``) and from named
-presets (``HardwareConfig.preset("paper")``). Every invalid value fails at construction with a
-message naming the field, the value and the allowed range.
+presets (``HardwareConfig.preset("paper")``; recipes use `HardwareConfig.for_recipe`, where a
+null key keeps the preset's value). Every invalid value fails at construction with a message
+naming the field, the value and the allowed range.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ CONFIG_VERSION = 1
 READ_NOISE_MODES = ("off", "physical", "synaptogenml")
 OBSERVERS = ("minmax", "moving_average")
 CELL_MODELS = ("synaptogen", "ideal")
+# `HardwareConfig.for_recipe`: the word for an ideal ADC in a recipe's ADC keys.
+IDEAL_ADC = "ideal"
+ADC_FIELDS = ("adc_precision_bits", "adc_range_bits")
 
 
 def _fail(field: str, value: Any, allowed: str) -> None:
@@ -140,12 +144,24 @@ class HardwareConfig:
     tile_read_latency: float = 1e-7  # s, one parallel read of a layer's tiles
 
     def __post_init__(self) -> None:
-        set_ = object.__setattr__
+        self._check_converters()
+        self._check_cells()
+        self._check_programming()
+        self._check_training()
+        self._check_costs()
+
+    def _set_float(
+        self, field: str, low: float, high: float, low_open: bool, high_open: bool = False
+    ) -> None:
+        """Validates float field ``field`` (`_check_float`) and stores it as a float."""
+        number = _check_float(field, getattr(self, field), low, high, low_open, high_open)
+        object.__setattr__(self, field, number)
+
+    def _check_converters(self) -> None:
+        """Weight and DAC precision, input voltage, ADC and current scale."""
         _check_int("weight_bits", self.weight_bits, 2, 8)
         _check_int("dac_bits", self.dac_bits, 2, 16)
-        set_(
-            self, "input_voltage", _check_float("input_voltage", self.input_voltage, 0.0, 1.0, True)
-        )
+        self._set_float("input_voltage", 0.0, 1.0, True)
         if (self.adc_precision_bits is None) != (self.adc_range_bits is None):
             _fail(
                 "adc_precision_bits",
@@ -157,55 +173,45 @@ class HardwareConfig:
             _check_int("adc_precision_bits", self.adc_precision_bits, 0, 16)
             _check_int("adc_range_bits", self.adc_range_bits, 1, 24)
         if self.current_scale is not None:
-            set_(
-                self,
-                "current_scale",
-                _check_float("current_scale", self.current_scale, 0.0, math.inf, True, True),
-            )
+            self._set_float("current_scale", 0.0, math.inf, True, True)
+
+    def _check_cells(self) -> None:
+        """Tiles, read noise and the device model."""
         _check_int("tile_rows", self.tile_rows, 0, None)
         _check_int("tile_cols", self.tile_cols, 0, None)
         _check_choice("read_noise", self.read_noise, READ_NOISE_MODES)
-        set_(
-            self, "bandwidth", _check_float("bandwidth", self.bandwidth, 0.0, math.inf, True, True)
-        )
-        set_(
-            self,
-            "temperature",
-            _check_float("temperature", self.temperature, 0.0, math.inf, True, True),
-        )
+        self._set_float("bandwidth", 0.0, math.inf, True, True)
+        self._set_float("temperature", 0.0, math.inf, True, True)
         if self.device_params is not None:
             if not isinstance(self.device_params, (str, os.PathLike)):
                 _fail("device_params", self.device_params, "expected a path or None")
             path = os.fspath(self.device_params)
             if not os.path.isfile(path):
                 _fail("device_params", path, "file not found; give a Synaptogen parameter JSON")
-            set_(self, "device_params", path)
+            object.__setattr__(self, "device_params", path)
         _check_int("device_var_order", self.device_var_order, 1, 10)
         _check_choice("cell_model", self.cell_model, CELL_MODELS)
-        set_(
-            self,
-            "set_voltage",
-            _check_float("set_voltage", self.set_voltage, -10.0, 0.0, False, True),
-        )
-        set_(
-            self,
-            "reset_voltage",
-            _check_float("reset_voltage", self.reset_voltage, 0.0, 10.0, True),
-        )
+
+    def _check_programming(self) -> None:
+        """Programming pulses and the chip seed."""
+        self._set_float("set_voltage", -10.0, 0.0, False, True)
+        self._set_float("reset_voltage", 0.0, 10.0, True)
         _check_int("initial_cycles", self.initial_cycles, 0, None)
         _check_int("seed", self.seed, 0, 2**63 - 1)
+
+    def _check_training(self) -> None:
+        """Quantization-aware training settings."""
         _check_choice("observer", self.observer, OBSERVERS)
-        set_(
-            self,
-            "observer_momentum",
-            _check_float("observer_momentum", self.observer_momentum, 0.0, 1.0, True),
-        )
+        self._set_float("observer_momentum", 0.0, 1.0, True)
         if not isinstance(self.adc_in_training, bool):
             _fail("adc_in_training", self.adc_in_training, "expected true or false")
+
+    def _check_costs(self) -> None:
+        """Energy and time figures of the cost estimates."""
         for cost in ("adc_energy_per_step", "dac_energy_per_step"):
-            set_(self, cost, _check_float(cost, getattr(self, cost), 0.0, 1e-6, False))
+            self._set_float(cost, 0.0, 1e-6, False)
         for duration in ("cell_read_time", "tile_read_latency"):
-            set_(self, duration, _check_float(duration, getattr(self, duration), 0.0, 1.0, False))
+            self._set_float(duration, 0.0, 1.0, False)
 
     @property
     def weight_qmax(self) -> int:
@@ -278,6 +284,48 @@ class HardwareConfig:
             )
         return cls(**{**PRESETS[name], **overrides})
 
+    @classmethod
+    def for_recipe(cls, preset: str, **fields: Any) -> HardwareConfig:
+        """The preset ``preset`` with a recipe's hardware keys ``fields`` applied.
+
+        The recipe rule (unlike `preset`, where every override wins, None included): a field
+        given as None (``null`` in YAML, the recipe keys' default) keeps the preset's value;
+        any other value overrides it. For ``adc_precision_bits`` and ``adc_range_bits`` the
+        word `IDEAL_ADC` ("ideal") asks for an ideal ADC (None in the config); give it for
+        both, or for one where the preset's ADC is already ideal. Invalid values raise a
+        ValueError naming the field, the value and the allowed values.
+        """
+        unknown = sorted(set(fields) - set(FIELD_NAMES))
+        if unknown:
+            raise ValueError(
+                f"HardwareConfig.for_recipe got unknown field(s) {unknown}; give HardwareConfig "
+                f"fields: {', '.join(FIELD_NAMES)}."
+            )
+        if preset not in PRESETS:
+            cls.preset(preset)  # raises the error listing the preset names
+        changes = {name: value for name, value in fields.items() if value is not None}
+        for name in ADC_FIELDS:
+            if isinstance(changes.get(name), str):
+                if changes[name] != IDEAL_ADC:
+                    _fail(
+                        name,
+                        changes[name],
+                        f"expected an integer, {IDEAL_ADC!r} for an ideal ADC, or null to keep "
+                        f"the value of preset {preset!r}",
+                    )
+                changes[name] = None
+        _check_adc_pair(preset, fields, {**PRESETS[preset], **changes})
+        try:
+            return cls.preset(preset, **changes)
+        except ValueError as error:
+            given = ", ".join(
+                f"{name}={value!r}" for name, value in fields.items() if value is not None
+            )
+            raise ValueError(
+                f"{str(error).rstrip('.')} (hardware preset {preset!r} with the recipe keys "
+                f"{given or 'all null'}; a null key keeps the preset's value)."
+            ) from None
+
 
 _PAPER = {
     "weight_bits": 3,
@@ -291,6 +339,24 @@ _PAPER = {
     "read_noise": "synaptogenml",
 }
 
+
+def _check_adc_pair(preset: str, given: Mapping[str, Any], resolved: Mapping[str, Any]) -> None:
+    """The recipe's ADC fields resolve to two integers or to an ideal ADC (both None)."""
+    values = {name: resolved.get(name, FIELD_DEFAULTS[name]) for name in ADC_FIELDS}
+    if (values["adc_precision_bits"] is None) == (values["adc_range_bits"] is None):
+        return
+    precision, range_bits = (
+        f"{name}={given[name]!r}"
+        if given.get(name) is not None
+        else f"{name}={values[name]!r} (kept from preset {preset!r})"
+        for name in ADC_FIELDS
+    )
+    raise ValueError(
+        f"HardwareConfig.{precision} with {range_bits} is invalid: set adc_precision_bits and "
+        f"adc_range_bits both to integers, or both to {IDEAL_ADC!r} for an ideal ADC."
+    )
+
+
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
     "paper": _PAPER,
@@ -302,4 +368,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "adc_precision_bits": None,
         "adc_range_bits": None,
     },
+}
+
+FIELD_NAMES: tuple[str, ...] = tuple(field.name for field in dataclasses.fields(HardwareConfig))
+FIELD_DEFAULTS: dict[str, Any] = {
+    field.name: field.default for field in dataclasses.fields(HardwareConfig)
 }

@@ -1,9 +1,12 @@
-"""HardwareConfig: defaults, presets, validation messages, copies, YAML construction."""
+"""HardwareConfig: defaults, presets, validation messages, copies, YAML construction, saved
+configs of other versions and the recipe rule (`HardwareConfig.for_recipe`)."""
+
+import logging
 
 import pytest
 from hyperpyyaml import load_hyperpyyaml
 
-from speechbrain_memristor.config import PRESETS, HardwareConfig
+from speechbrain_memristor.config import CONFIG_VERSION, IDEAL_ADC, PRESETS, HardwareConfig
 
 
 def test_defaults_match_contract():
@@ -102,3 +105,70 @@ hardware: !new:speechbrain_memristor.config.HardwareConfig
     )
     hardware = hparams["hardware"]
     assert hardware.weight_bits == 4 and hardware.read_noise == "off" and not hardware.has_adc
+
+
+def test_from_saved_fills_fields_missing_from_older_saves(caplog):
+    saved = HardwareConfig.preset("paper", seed=4).to_dict()
+    del saved["tile_read_latency"], saved["observer"]  # as saved before these fields existed
+    with caplog.at_level(logging.INFO, logger="speechbrain_memristor.config"):
+        config = HardwareConfig.from_saved(saved, version=None, source="old.ckpt")
+    assert config == HardwareConfig.preset("paper", seed=4)
+    messages = [record for record in caplog.records if record.levelno == logging.INFO]
+    assert len(messages) == 1
+    text = messages[0].getMessage()
+    assert "old.ckpt" in text and "tile_read_latency=1e-07" in text and "observer='minmax'" in text
+
+
+def test_from_saved_rejects_unknown_fields():
+    saved = {**HardwareConfig().to_dict(), "crossbar_colour": "blue"}
+    with pytest.raises(ValueError, match="crossbar_colour") as error:
+        HardwareConfig.from_saved(saved, version=CONFIG_VERSION + 1, source="new.ckpt")
+    assert "new.ckpt" in str(error.value) and "update speechbrain-memristor" in str(error.value)
+
+
+def test_from_saved_current_version_logs_nothing(caplog):
+    with caplog.at_level(logging.INFO, logger="speechbrain_memristor.config"):
+        config = HardwareConfig.from_saved(HardwareConfig().to_dict(), CONFIG_VERSION)
+    assert config == HardwareConfig() and not caplog.records
+
+
+def test_preset_overrides_win_none_included():
+    # Python semantics of `preset`: every override wins, None included (an ideal ADC here).
+    config = HardwareConfig.preset("paper", adc_precision_bits=None, adc_range_bits=None)
+    assert not config.has_adc and config.read_noise == "synaptogenml"
+
+
+def test_for_recipe_null_keeps_the_preset():
+    keep = dict.fromkeys(("adc_precision_bits", "adc_range_bits", "read_noise", "seed"))
+    assert HardwareConfig.for_recipe("ideal", weight_bits=3, **keep) == HardwareConfig.preset(
+        "ideal"
+    )
+    assert HardwareConfig.for_recipe("paper", dac_bits=6) == HardwareConfig.preset(
+        "paper", dac_bits=6
+    )
+    ideal_adc = HardwareConfig.for_recipe(
+        "paper", adc_precision_bits=IDEAL_ADC, adc_range_bits="ideal"
+    )
+    assert ideal_adc == HardwareConfig.preset("paper", adc_precision_bits=None, adc_range_bits=None)
+    with_adc = HardwareConfig.for_recipe("ideal", adc_precision_bits=6, adc_range_bits=6)
+    assert (with_adc.adc_precision_bits, with_adc.adc_range_bits, with_adc.cell_model) == (
+        6,
+        6,
+        "ideal",
+    )
+
+
+@pytest.mark.parametrize(
+    ("preset", "fields", "expected"),
+    [
+        ("paper", {"adc_range_bits": "none"}, "adc_range_bits='none'"),
+        ("paper", {"adc_precision_bits": "ideal"}, "adc_range_bits=4 (kept from preset 'paper')"),
+        ("paper", {"tile_cols": 0.5}, "tile_cols=0.5"),
+        ("paper", {"tile_size": 64}, "unknown field(s) ['tile_size']"),
+        ("papr", {}, "choose one of default, paper"),
+    ],
+)
+def test_for_recipe_errors_name_field_value_and_fix(preset, fields, expected):
+    with pytest.raises(ValueError) as error:
+        HardwareConfig.for_recipe(preset, **fields)
+    assert expected in str(error.value)

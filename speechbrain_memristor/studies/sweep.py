@@ -18,7 +18,8 @@ is validated (a `HardwareConfig` is built for it) before any evaluation starts, 
 problems are reported at once.
 
 The recipe must expose these axes as top-level hparams keys (``adc`` sets
-``adc_precision_bits`` and ``adc_range_bits``), plus ``execution``, ``compare``,
+``adc_precision_bits`` and ``adc_range_bits``; an ideal ADC is passed as the word ``ideal``,
+since a null hardware key keeps the recipe preset's value), plus ``execution``, ``compare``,
 ``test_splits``, ``output_folder``, ``data_folder`` and ``prepared_folder``, like the
 TED-LIUM 2 recipe does.
 """
@@ -40,7 +41,7 @@ import yaml
 from tqdm import tqdm
 
 from speechbrain_memristor.brain.results import EvaluationTable, table_stem
-from speechbrain_memristor.config import HardwareConfig
+from speechbrain_memristor.config import ADC_FIELDS, IDEAL_ADC, HardwareConfig
 from speechbrain_memristor.studies.plots import plot_sweep
 from speechbrain_memristor.studies.runs import TrainedRun, bundled_recipe
 from speechbrain_memristor.util.atomic import write_atomic
@@ -234,6 +235,14 @@ def _hardware(saved: Mapping[str, Any], changes: Mapping[str, Any]) -> HardwareC
     return HardwareConfig(**{**saved, **changes})
 
 
+def _recipe_value(key: str, value: Any) -> Any:
+    """A point's setting as the recipe's top-level key wants it: there a null hardware key
+    keeps the preset's value, so an ideal ADC (None) is asked for with the word IDEAL_ADC."""
+    if value is None and key in ADC_FIELDS:
+        return IDEAL_ADC
+    return value
+
+
 def _override(value: Any) -> str:
     """A value as a YAML override understood by SpeechBrain (strings quoted)."""
     if value is None:
@@ -303,7 +312,7 @@ class Sweep:
         """The recipe command evaluating ``point`` (test only, analog, one split)."""
         overrides: dict[str, Any] = point.run.data_overrides()
         overrides.update(self.overrides or {})
-        overrides.update(point.settings)
+        overrides.update({key: _recipe_value(key, value) for key, value in point.settings.items()})
         overrides.update(
             {
                 "output_folder": self.point_folder(point),
