@@ -1,4 +1,5 @@
-"""MemristorBrain under DDP: 2 CPU processes (gloo), one QAT training step, identical chips."""
+"""MemristorBrain under DDP: 2 CPU processes (gloo), one QAT training step, identical chips;
+the merge of the ranks' quantizer ranges against one observer of every rank's data."""
 
 import os
 import pathlib
@@ -9,7 +10,14 @@ import torch
 from test_brain import CTCBrain, load_hparams, make_brain, toy_dataset
 from torch.nn.parallel import DistributedDataParallel
 
-from speechbrain_memristor.convert import hardware_matmuls, program, quantizer_state_dict
+from speechbrain_memristor.brain import MemristorHook
+from speechbrain_memristor.config import HardwareConfig
+from speechbrain_memristor.convert import (
+    hardware_matmuls,
+    load_quantizer_state_dict,
+    program,
+    quantizer_state_dict,
+)
 
 WORLD_SIZE = 2
 
@@ -34,9 +42,17 @@ def ddp_worker(rank: int, port: int, folder: str) -> None:
     try:
         hparams = load_hparams(folder, epochs=1)  # same seed on every rank: same initial model
         brain = make_brain(CTCBrain, hparams, distributed_backend="gloo")
+        hook = brain.memristor
+        # Record this rank's own observed ranges just before each merge (end of a train stage).
+        pre_merge, merge = [], hook.synchronize_quantizers
+
+        def recording_merge() -> None:
+            pre_merge.append(quantizer_state_dict(hook.model))
+            merge()
+
+        hook.synchronize_quantizers = recording_merge
         # 6 utterances, 3 per rank, batch 3: exactly one synchronized optimizer step.
         brain.fit(hparams["epoch_counter"], toy_dataset(0), train_loader_kwargs={"batch_size": 3})
-        hook = brain.memristor
         hook.use("analog")
         program(hook.model)
         torch.save(
@@ -47,6 +63,7 @@ def ddp_worker(rank: int, port: int, folder: str) -> None:
                 "executions": brain.executions[sb.Stage.TRAIN],
                 "model": hparams["model"].state_dict(),
                 "quantizers": quantizer_state_dict(hook.model),
+                "pre_merge": pre_merge,
                 "chips": {m.name: m.chip.states() for m in hardware_matmuls(hook.model)},
             },
             pathlib.Path(folder) / f"rank{rank}.pt",
@@ -74,7 +91,77 @@ def test_ddp_qat_step_and_identical_chips_on_every_rank(tmp_path):
     # The ranks merged their observed input ranges: both quantize inputs alike.
     for key, value in first["quantizers"].items():
         assert torch.equal(value, second["quantizers"][key]), key
+    # ... and the merged range is the one a single min-max observer of both shards would hold:
+    # min of the ranks' minima, max of their maxima (each rank observed a different range).
+    assert len(first["pre_merge"]) == len(second["pre_merge"]) == 1  # one training epoch
+    mine, theirs = first["pre_merge"][0], second["pre_merge"][0]
+    assert set(mine) == set(first["quantizers"])
+    for key, merged in first["quantizers"].items():
+        assert not torch.equal(mine[key], theirs[key]), key
+        combine = torch.minimum if key.endswith(".min") else torch.maximum
+        assert key.endswith((".min", ".max")), key
+        assert torch.equal(merged, combine(mine[key], theirs[key])), key
     assert set(first["chips"]) == set(second["chips"]) and len(first["chips"]) == 16
     for name, states in first["chips"].items():
         for mine, theirs in zip(states, second["chips"][name], strict=True):
             assert torch.equal(mine, theirs), name
+
+
+# Hand-set ranges per rank and layer: rank 0, rank 1.
+HAND_SET_RANGES = {
+    "net.0": ((-1.0, 2.0), (-3.0, 1.0)),
+    "net.1": ((-0.5, 4.0), (-2.0, 3.0)),
+}
+
+
+def merge_worker(rank: int, port: int, folder: str) -> None:
+    """One rank: hand-set quantizer ranges, merged by `MemristorHook.synchronize_quantizers`
+    for each observer; saves the merged states."""
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE
+    )
+    try:
+        merged = {}
+        for observer in ("minmax", "moving_average"):
+            hook = MemristorHook(HardwareConfig(observer=observer), include=["*"])
+            hook.convert({"net": torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))})
+            state = {}
+            for layer, ranges in HAND_SET_RANGES.items():
+                low, high = ranges[rank]
+                state[f"{layer}.min"], state[f"{layer}.max"] = torch.tensor(low), torch.tensor(high)
+            load_quantizer_state_dict(hook.model, state)
+            hook.synchronize_quantizers()
+            merged[observer] = quantizer_state_dict(hook.model)
+        torch.save(merged, pathlib.Path(folder) / f"merged{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_quantizer_merge_equals_one_observer_of_all_ranks(tmp_path):
+    """min-max: min of the minima, max of the maxima (as one observer fed both ranks' data);
+    moving average: the mean over ranks."""
+    torch.multiprocessing.spawn(
+        merge_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD_SIZE, join=True
+    )
+    expected = {
+        "minmax": {"net.0.min": -3.0, "net.0.max": 2.0, "net.1.min": -2.0, "net.1.max": 4.0},
+        "moving_average": {
+            "net.0.min": -2.0,
+            "net.0.max": 1.5,
+            "net.1.min": -1.25,
+            "net.1.max": 3.5,
+        },
+    }
+    for rank in range(WORLD_SIZE):
+        merged = torch.load(tmp_path / f"merged{rank}.pt")
+        for observer, values in expected.items():
+            assert {key: value.item() for key, value in merged[observer].items()} == values
+    # The min-max merge agrees with a single observer fed the data of both ranks.
+    single = MemristorHook(HardwareConfig(), include=["*"])
+    single.convert({"net": torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))})
+    for layer in hardware_matmuls(single.model):
+        for rank in range(WORLD_SIZE):
+            layer.input_quantizer.observe(torch.tensor(HAND_SET_RANGES[layer.name][rank]))
+    observed = {key: value.item() for key, value in quantizer_state_dict(single.model).items()}
+    assert observed == expected["minmax"]

@@ -106,10 +106,13 @@ def test_yaml_conformer_trains_in_fake_quant_and_runs_every_mode():
         assert torch.isfinite(outputs[mode]).all()
         assert not torch.equal(outputs[mode], expected)
     # 4-bit weights, DAC and physical Synaptogen cells with a 4-bit ADC: noticeably different
-    # log-probabilities, but the same function (random or mis-routed weights would give a
-    # cosine similarity near 0).
+    # log-probabilities, but the same function (see below for what unrelated outputs give).
     cosine = F.cosine_similarity(outputs["analog"].flatten(), outputs["fake_quant"].flatten(), 0)
     assert cosine > 0.8
+    # Log-probabilities are all negative, so even unrelated outputs are far from orthogonal
+    # (measured: a constant -1.79 gives 0.94, an untrained model 0.91, permuted vocabulary
+    # 0.85); the analog output measures 0.99984 (1 - cosine = 1.6e-4), and 0.999 allows 6x.
+    assert cosine > 0.999
 
 
 @pytest.mark.parametrize("attention_type", ["RelPosMHAXL", "regularMHA"])

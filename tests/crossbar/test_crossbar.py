@@ -5,6 +5,9 @@ curves and every cell's noise variance with the device model's noise formula, as
 [batch, planes, in, out] tensor, and sums it per input tile: no closed form involved.
 """
 
+import functools
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -24,15 +27,50 @@ from speechbrain_memristor.crossbar.layout import (
 from speechbrain_memristor.crossbar.periphery import AnalogToDigitalConverter
 from speechbrain_memristor.physics.calibration import calibrated_current_scale
 from speechbrain_memristor.physics.cell_models import device_params
+from speechbrain_memristor.physics.cells import CellArray
 from speechbrain_memristor.physics.noise import (
     ELECTRON_CHARGE,
     SYNAPTOGENML_BANDWIDTH,
     SYNAPTOGENML_CHARGE,
     ZERO_VOLTAGE_REPLACEMENT,
+    read_noise_model,
     read_noise_variance,
     shot_and_johnson_coefficient,
 )
 from speechbrain_memristor.util.seeding import stable_seed
+
+# The authors' SynaptogenML read-noise constants, written out here (not imported from the code
+# under test): a bandwidth of 1e-8 Hz and Euler's number in place of the electron charge.
+AUTHORS_BANDWIDTH = 1e-8
+AUTHORS_CHARGE = 2.718281828459045  # math.e
+
+
+@functools.lru_cache(maxsize=4)
+def median_bit_conductance(var_order: int) -> float:
+    """1/R_LRS - 1/R_HRS of the median resistances of 2^16 fresh cells (seed 0), recomputed
+    from the device model rather than taken from `calibrated_current_scale`."""
+    params = device_params(HardwareConfig(device_var_order=var_order))
+    generator = torch.Generator().manual_seed(0)
+    cells = CellArray(2**16, params=params, var_order=var_order, generator=generator)
+    return float(1.0 / cells.lrs.double().median() - 1.0 / cells.hrs.double().median())
+
+
+def reference_current_scale(hardware: HardwareConfig) -> float:
+    """Value per ampere of column current, recomputed in the test: 1 / (U_in * G_bit)."""
+    if hardware.current_scale is not None:
+        return hardware.current_scale
+    if hardware.cell_model == "ideal":
+        return 1.0 / (hardware.input_voltage * float(device_params(hardware).g_llrs))
+    return 1.0 / (hardware.input_voltage * median_bit_conductance(hardware.device_var_order))
+
+
+def test_authors_noise_constants_and_current_scale_are_pinned():
+    assert SYNAPTOGENML_BANDWIDTH == AUTHORS_BANDWIDTH == 1e-8
+    assert SYNAPTOGENML_CHARGE == AUTHORS_CHARGE == math.e
+    for hardware in (HardwareConfig(), HardwareConfig(input_voltage=0.3, cell_model="ideal")):
+        assert calibrated_current_scale(hardware) == pytest.approx(
+            reference_current_scale(hardware), rel=1e-6
+        )
 
 
 def random_codes(rows: int, columns: int, qmax: int, seed: int) -> torch.Tensor:
@@ -70,7 +108,7 @@ def brute_force_columns(r_pos, r_neg, codes, hardware):
     else:
         bandwidth, charge = hardware.bandwidth, ELECTRON_CHARGE
         if hardware.read_noise == "synaptogenml":
-            bandwidth, charge = SYNAPTOGENML_BANDWIDTH, SYNAPTOGENML_CHARGE
+            bandwidth, charge = AUTHORS_BANDWIDTH, AUTHORS_CHARGE
         u = noise_volts[:, None, :, None].expand_as(difference)
         variance = sum(
             read_noise_variance(
@@ -91,9 +129,9 @@ def brute_force_values(means, hardware):
     """ADC and shift-and-add of brute-force column currents (float64): values [N, out] and the
     distance of each pre-ADC value to the nearest rounding boundary, in ADC steps."""
     adc = AnalogToDigitalConverter.from_config(hardware)
-    scaled = means * calibrated_current_scale(hardware) / adc.step
+    scaled = means * reference_current_scale(hardware) / adc.step
     boundary_distance = (scaled - scaled.floor() - 0.5).abs()
-    codes = adc.convert_(means.clone(), calibrated_current_scale(hardware))
+    codes = adc.convert_(means.clone(), reference_current_scale(hardware))
     planes = means.shape[1]
     weights = (2.0 ** torch.arange(planes, dtype=torch.float64)) * adc.step
     return torch.einsum("nkto,k->no", codes, weights), boundary_distance
@@ -229,7 +267,7 @@ def test_noise_off_read_equals_brute_force(overrides):
     assert torch.equal(actual[decisive], expected[decisive])
     adc = AnalogToDigitalConverter.from_config(hardware)
     if adc.range_bits is not None:  # the full-scale row exercises clipping
-        scaled = means * calibrated_current_scale(hardware)
+        scaled = means * reference_current_scale(hardware)
         assert (scaled.abs() > 2.0 ** (adc.range_bits - 1)).any()
 
 
@@ -241,7 +279,7 @@ def sample_statistics(chip, codes_row, reads):
 def expected_statistics(chip, codes_row, hardware):
     """Mean and variance of the shift-and-added ideal-ADC output from brute-force columns."""
     means, variances = brute_force_columns(*chip.states(), codes_row[None], hardware)
-    scale = calibrated_current_scale(hardware)
+    scale = reference_current_scale(hardware)
     plane = (2.0 ** torch.arange(means.shape[1], dtype=torch.float64)).view(1, -1, 1, 1)
     mean = (means * plane * scale).sum((1, 2))[0]
     variance = (variances * plane**2 * scale**2).sum((1, 2))[0]
@@ -273,6 +311,106 @@ def test_noisy_read_mean_and_variance_match_brute_force(noise):
     assert_statistics_match(chip, codes_row, hardware)
 
 
+def reference_r_star_range(hardware):
+    """(min, max) over the DAC's voltages of r*(u) = L(u) / (L(u) - H(u)), from the synaptogen
+    package's P_LLRS / P_HHRS polynomials in float64 (0 V read as 1e-12 V, like the chip)."""
+    assert hardware.device_params is None and hardware.cell_model == "synaptogen"
+    params = reference.default_params
+    qmax = hardware.dac_qmax
+    volts = np.arange(-qmax, qmax + 1) * (hardware.input_voltage / qmax)
+    volts[qmax] = 1e-12
+    hhrs, llrs = params.HHRS.astype(np.float64), params.LLRS.astype(np.float64)
+    low = reference.Imix(0.0, volts, hhrs, llrs)
+    high = reference.Imix(1.0, volts, hhrs, llrs)
+    r_star = low / (low - high)
+    assert np.isfinite(r_star).all()
+    return float(r_star.min()), float(r_star.max())
+
+
+@pytest.mark.parametrize("dac_bits", [8, 4, 3])
+def test_rare_threshold_is_the_smallest_r_star_over_dac_levels(dac_bits):
+    """At 8 and 4 DAC bits the smallest r* lies at a small positive voltage, at 3 bits at the
+    zero level (read as 1e-12 V); the largest is at -0.6 V in every case. States U(0.85, 0.95)
+    straddle both, so the count tells min from max (and from a threshold missing the 0 V level)."""
+    hardware = HardwareConfig(read_noise="synaptogenml", dac_bits=dac_bits)
+    generator = torch.Generator().manual_seed(dac_bits)
+    r_pos, r_neg = 0.85 + 0.1 * torch.rand(2, 2, 130, 20, generator=generator)
+    chip = Crossbar(r_pos, r_neg, 1.0, hardware, read_seed=0)
+    smallest, largest = reference_r_star_range(hardware)
+    assert 0.885 < smallest < 0.895 and 0.905 < largest < 0.915
+    assert chip.rare_threshold == pytest.approx(smallest, rel=1e-6)
+    paired = torch.stack([r_pos, r_neg]).double()
+    assert chip.rare_cell_count == int((paired > smallest).sum())
+    assert int((paired > largest).sum()) < 0.9 * chip.rare_cell_count
+
+
+@pytest.mark.parametrize("noise, std_rtol", [("synaptogenml", 1e-5), ("physical", 1e-3)])
+def test_noisy_read_with_unit_samples_is_mean_plus_brute_force_std(noise, std_rtol, monkeypatch):
+    """Every Gaussian sample patched to 1 (or 0): the read returns, per tile, plane and column,
+    exactly mean + sqrt(variance) (or the mean), shift-added. Compared with the brute-force
+    per-cell oracle (every cell's a(u) |I(u, r)| summed per column, tile and plane), so the
+    closed-form variance, including the sparse correction of cells above r*, is checked
+    deterministically at float precision rather than statistically. States U(0, 1): about
+    11 % of the cells lie above r*; 2 planes, 3 tiles (the last partial), zero inputs (read at
+    1e-12 V), full-scale rows of both signs and 3 column blocks of 16, 16 and 8 columns.
+
+    Tolerances (measured errors in brackets): mean and mean + std within rtol 1e-5 plus atol
+    1e-4 of the oracle (2e-5 absolute, values ~12). The std part is (read with 1) - (read with
+    0); float32 cancellation against the mean leaves ~5e-6 absolute error, against std parts of
+    ~1.5 (synaptogenml: rtol 1e-5 [3.8e-6]) or ~0.04 (physical: rtol 1e-3 [1.4e-4]). Without
+    the rare-cell correction the std part is off by 0.9-1.7 %, 10x the looser tolerance."""
+    hardware = HardwareConfig(
+        read_noise=noise, weight_bits=3, adc_precision_bits=None, adc_range_bits=None
+    )
+    generator = torch.Generator().manual_seed(12)
+    r_pos, r_neg = torch.rand(2, 2, 300, 40, generator=generator)
+    chip = Crossbar(r_pos, r_neg, 1.0, hardware, read_seed=0)
+    assert chip.rare_cell_count > 2000
+    codes = random_codes(6, 300, hardware.dac_qmax, seed=13)
+    codes[0], codes[1] = hardware.dac_qmax, -hardware.dac_qmax
+    codes[2, :60] = 0
+    monkeypatch.setattr(crossbar_read, "READ_BLOCK_ELEMENTS", 6 * 6 * 16)
+
+    means, variances = brute_force_columns(r_pos, r_neg, codes, hardware)  # [N, k, tiles, out]
+    scale = reference_current_scale(hardware)
+    plane = (2.0 ** torch.arange(2, dtype=torch.float64)).view(1, -1, 1, 1)
+    expected_mean = (means * scale * plane).sum((1, 2))
+    expected_std = (variances.sqrt() * scale * plane).sum((1, 2))
+
+    def constant_samples(value):
+        def normal_(tensor, mean=0.0, std=1.0, *, generator=None):
+            del mean, std, generator
+            return tensor.fill_(value)
+
+        return normal_
+
+    monkeypatch.setattr(torch.Tensor, "normal_", constant_samples(1.0))
+    plus_std = chip.read(codes).double()
+    monkeypatch.setattr(torch.Tensor, "normal_", constant_samples(0.0))
+    mean_only = chip.read(codes).double()
+    monkeypatch.undo()
+
+    assert torch.allclose(mean_only, expected_mean, rtol=1e-5, atol=1e-4)
+    assert torch.allclose(plus_std, expected_mean + expected_std, rtol=1e-5, atol=1e-4)
+    assert torch.allclose(plus_std - mean_only, expected_std, rtol=std_rtol, atol=1e-6)
+
+    # Sensitivity: the std part without the correction of the cells above r* (the linear
+    # formula's variance) differs from the exact one far beyond std_rtol.
+    volts = codes * torch.tensor(hardware.input_voltage / hardware.dac_qmax)
+    volts = torch.where(volts == 0, ZERO_VOLTAGE_REPLACEMENT, volts)[:, None, :, None]
+    params = device_params(hardware)
+    low, high = params.i_llrs(volts), params.i_hhrs(volts)
+    model = read_noise_model(hardware)
+    linear = sum(
+        (model.coefficient(volts) * volts.sign() * ((1 - r) * low + r * high)).double()
+        for r in (r_pos, r_neg)
+    )
+    tiles = [slice(0, 128), slice(128, 256), slice(256, 300)]
+    linear = torch.stack([linear[:, :, rows].sum(2) for rows in tiles], dim=2)
+    linear_std = (linear.clamp_min(0).sqrt() * scale * plane).sum((1, 2))
+    assert ((linear_std / expected_std - 1).abs().max()) > 10 * std_rtol
+
+
 @pytest.mark.parametrize("weight_bits, block_elements", [(2, None), (3, 6 * 256 * 16)])
 def test_cells_above_r_star_get_exact_variance(weight_bits, block_elements, monkeypatch):
     """States drawn U(0.7, 1): a third of the cells exceed r* (about 0.89-0.90), where |I| is not
@@ -295,6 +433,14 @@ def test_cells_above_r_star_get_exact_variance(weight_bits, block_elements, monk
     chip = Crossbar(r_pos, r_neg, 1.0, hardware, read_seed=1)
     assert chip.rare_cell_count > 6000 * planes
     assert chip.rare_cell_count == int((torch.stack([r_pos, r_neg]) > chip.rare_threshold).sum())
+    # The threshold is the smallest r* over the DAC's voltages, computed independently with the
+    # synaptogen package's bound curves (0.8892 here; the largest r*, 0.9108, would leave out
+    # the 7 % of cells in between).
+    smallest, largest = reference_r_star_range(hardware)
+    assert chip.rare_threshold == pytest.approx(smallest, rel=1e-6)
+    paired = torch.stack([r_pos, r_neg]).double()
+    assert chip.rare_cell_count == int((paired > smallest).sum())
+    assert int((paired > largest).sum()) < 0.85 * chip.rare_cell_count
     codes_row = random_codes(1, 300, hardware.dac_qmax, seed=3)[0]
     assert_statistics_match(chip, codes_row, hardware)
 
@@ -307,7 +453,7 @@ def test_cells_above_r_star_get_exact_variance(weight_bits, block_elements, monk
     low, high = params.i_llrs(volts)[:, None], params.i_hhrs(volts)[:, None]
     coefficient = (
         shot_and_johnson_coefficient(
-            volts, SYNAPTOGENML_BANDWIDTH, hardware.temperature, charge=SYNAPTOGENML_CHARGE
+            volts, AUTHORS_BANDWIDTH, hardware.temperature, charge=AUTHORS_CHARGE
         )[:, None]
         * volts.sign()[:, None]
     )
@@ -316,7 +462,7 @@ def test_cells_above_r_star_get_exact_variance(weight_bits, block_elements, monk
         (plane_weights * (coefficient * ((1 - r) * low + r * high)).sum(1)).sum(0)
         for r in (r_pos, r_neg)
     )
-    scale = calibrated_current_scale(hardware)
+    scale = reference_current_scale(hardware)
     assert ((linear.double() * scale**2 / exact - 1).abs().mean()) > 0.2
 
 
@@ -363,5 +509,10 @@ def test_cuda_read_matches_cpu():
     cpu = chip.read(codes)
     gpu = chip.to("cuda").read(codes.cuda()).cpu()
     assert (gpu != cpu).float().mean() < 0.01  # identical except rare float-boundary codes
+    # ... and those differ by whole ADC steps, at most one step per conversion (one code of a
+    # (tile, plane) conversion decided the other way moves the shift-added value by 2^k steps).
+    steps = (gpu - cpu).abs() / chip.adc.step
+    assert torch.equal(steps, steps.round())
+    assert steps.max() <= chip.layout.tiles_in * (2**chip.planes - 1)
     noisy = Crossbar(*chip.to("cpu").states(), 0.1, hardware.replace(read_noise="physical"), 0)
     assert noisy.to("cuda").read(codes.cuda()).isfinite().all()

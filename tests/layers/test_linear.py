@@ -132,6 +132,11 @@ def test_analog_close_to_fake_quant_with_paper_high_precision():
     layer.execution = "analog"
     error = (layer(x) - layer.bias - reference).norm() / reference.norm()
     assert error < 0.2
+    # Measured 0.0876 (0.082-0.088 over hardware seeds 0-5 and other inputs): 0.12 leaves a
+    # margin of 35 % for float differences between platforms, and fails any further error
+    # source of more than ~8 % of the output RMS (sqrt(0.12^2 - 0.088^2)), such as a 10 %
+    # scale error. The lower bound catches an analog path returning the fake_quant result.
+    assert 0.05 < error < 0.12
 
 
 def test_lazy_programming_and_reprogramming():

@@ -117,6 +117,8 @@ def test_layer_error_is_zero_in_fake_quant_and_positive_in_analog():
     # percent of output RMS; a broken comparison gives 0 or O(1).
     assert set(analog) == {"0", "2"}
     assert all(0.005 < error < 0.5 for error in analog.values())
+    # Measured 0.087 and 0.071 (over chip and input seeds 0-4: 0.087-0.090 and 0.067-0.092).
+    assert all(0.04 < error < 0.15 for error in analog.values()), analog
     # Ideal cells without noise and ADC reproduce fake_quant up to float rounding.
     for matmul in hardware_matmuls(model):
         matmul.hardware = HardwareConfig.preset("ideal")
