@@ -91,9 +91,12 @@ def test_no_import_runs_upward_and_only_the_glue_imports_speechbrain():
             if target == NAME or target.startswith(f"{NAME}."):
                 if level_of(target) > level:
                     problems.append(f"{path.relative_to(PACKAGE)}:{line} imports {target}")
-            elif target.split(".")[0] in ("speechbrain", "hyperpyyaml"):
-                if level != ROOT_LEVEL and entry not in SPEECHBRAIN_LAYERS:
-                    problems.append(f"{path.relative_to(PACKAGE)}:{line} imports {target}")
+            elif (
+                target.split(".")[0] in ("speechbrain", "hyperpyyaml")
+                and level != ROOT_LEVEL
+                and entry not in SPEECHBRAIN_LAYERS
+            ):
+                problems.append(f"{path.relative_to(PACKAGE)}:{line} imports {target}")
     assert not problems, "imports against the layer order:\n" + "\n".join(problems)
 
 
