@@ -208,8 +208,9 @@ class MemristorHook:
         """Merge the input ranges observed on every DDP rank (no-op without torch.distributed).
 
         "minmax" observers take the global min of mins and max of maxes; "moving_average"
-        observers (and any other state) take the mean over ranks. Every rank then quantizes
-        with the same ranges, and the checkpoint (saved by the main process) holds them.
+        observers (and any other state) take the mean over the ranks that observed something
+        (an uncalibrated rank's +-inf would poison the mean). Every rank then quantizes with
+        the same ranges, and the checkpoint (saved by the main process) holds them.
         """
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             return
@@ -228,11 +229,10 @@ class MemristorHook:
         device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
         for operation, keys in groups.items():
             packed = torch.stack([state[key].float() for key in keys]).to(device)
-            torch.distributed.all_reduce(
-                packed, op=torch.distributed.ReduceOp.SUM if operation is None else operation
-            )
             if operation is None:
-                packed /= world_size
+                packed = _mean_of_finite(packed)
+            else:
+                torch.distributed.all_reduce(packed, op=operation)
             state.update(zip(keys, packed.cpu().unbind(), strict=True))
         load_quantizer_state_dict(model, state)
 
@@ -308,6 +308,16 @@ class MemristorHook:
             exclude=self.exclude,
         )
         return table.write(folder, unique)
+
+
+def _mean_of_finite(values: torch.Tensor) -> torch.Tensor:
+    """Per entry, the mean over DDP ranks of the finite values (all-reduced); an entry no rank
+    holds finite stays as it is on this rank."""
+    finite = values.isfinite()
+    sums_and_counts = torch.stack([torch.where(finite, values, 0.0), finite.float()])
+    torch.distributed.all_reduce(sums_and_counts, op=torch.distributed.ReduceOp.SUM)
+    sums, counts = sums_and_counts.unbind()
+    return torch.where(counts > 0, sums / counts.clamp_min(1.0), values)
 
 
 def _check_mode(field: str, mode: str) -> Execution:

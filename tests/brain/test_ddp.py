@@ -107,11 +107,18 @@ def test_ddp_qat_step_and_identical_chips_on_every_rank(tmp_path):
             assert torch.equal(mine, theirs), name
 
 
-# Hand-set ranges per rank and layer: rank 0, rank 1.
+# Hand-set ranges per rank and layer: rank 0, rank 1 (on net.2 rank 1 never calibrated).
+UNCALIBRATED = (float("inf"), float("-inf"))
 HAND_SET_RANGES = {
     "net.0": ((-1.0, 2.0), (-3.0, 1.0)),
     "net.1": ((-0.5, 4.0), (-2.0, 3.0)),
+    "net.2": ((-1.0, 1.0), UNCALIBRATED),
 }
+
+
+def three_layers() -> dict[str, torch.nn.Module]:
+    layers = (torch.nn.Linear(4, 3), torch.nn.Linear(3, 2), torch.nn.Linear(2, 2))
+    return {"net": torch.nn.Sequential(*layers)}
 
 
 def merge_worker(rank: int, port: int, folder: str) -> None:
@@ -125,7 +132,7 @@ def merge_worker(rank: int, port: int, folder: str) -> None:
         merged = {}
         for observer in ("minmax", "moving_average"):
             hook = MemristorHook(HardwareConfig(observer=observer), include=["*"])
-            hook.convert({"net": torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))})
+            hook.convert(three_layers())
             state = {}
             for layer, ranges in HAND_SET_RANGES.items():
                 low, high = ranges[rank]
@@ -140,17 +147,27 @@ def merge_worker(rank: int, port: int, folder: str) -> None:
 
 def test_quantizer_merge_equals_one_observer_of_all_ranks(tmp_path):
     """min-max: min of the minima, max of the maxima (as one observer fed both ranks' data);
-    moving average: the mean over ranks."""
+    moving average: the mean over the ranks that calibrated (an uncalibrated rank's inf must
+    not poison it)."""
     torch.multiprocessing.spawn(
         merge_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD_SIZE, join=True
     )
     expected = {
-        "minmax": {"net.0.min": -3.0, "net.0.max": 2.0, "net.1.min": -2.0, "net.1.max": 4.0},
+        "minmax": {
+            "net.0.min": -3.0,
+            "net.0.max": 2.0,
+            "net.1.min": -2.0,
+            "net.1.max": 4.0,
+            "net.2.min": -1.0,
+            "net.2.max": 1.0,
+        },
         "moving_average": {
             "net.0.min": -2.0,
             "net.0.max": 1.5,
             "net.1.min": -1.25,
             "net.1.max": 3.5,
+            "net.2.min": -1.0,
+            "net.2.max": 1.0,
         },
     }
     for rank in range(WORLD_SIZE):
@@ -159,9 +176,10 @@ def test_quantizer_merge_equals_one_observer_of_all_ranks(tmp_path):
             assert {key: value.item() for key, value in merged[observer].items()} == values
     # The min-max merge agrees with a single observer fed the data of both ranks.
     single = MemristorHook(HardwareConfig(), include=["*"])
-    single.convert({"net": torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))})
+    single.convert(three_layers())
     for layer in hardware_matmuls(single.model):
         for rank in range(WORLD_SIZE):
-            layer.input_quantizer.observe(torch.tensor(HAND_SET_RANGES[layer.name][rank]))
+            if HAND_SET_RANGES[layer.name][rank] != UNCALIBRATED:  # a rank that saw nothing
+                layer.input_quantizer.observe(torch.tensor(HAND_SET_RANGES[layer.name][rank]))
     observed = {key: value.item() for key, value in quantizer_state_dict(single.model).items()}
     assert observed == expected["minmax"]
