@@ -25,6 +25,14 @@ torchao's ``quantize_``) further restricts the selection: a matrix is mapped onl
 returns True for the module holding the matrix and the matrix's qualified name; with
 ``include=None`` and a ``filter_fn``, the filter alone decides (no default mapping).
 
+Per-layer hardware. ``layer_hardware`` maps patterns (as above) to `HardwareConfig` field
+overrides, e.g. ``{"*.mha_layer.out_proj": {"adc_precision_bits": 6, "adc_range_bits": 6}}``.
+Patterns apply in order to every mapped matrix they select, each replacing the fields of
+earlier ones (later patterns win); the result is the matrix's own validated config (its
+`HardwareMatmul.hardware`). A pattern that selects no mapped matrix, an unknown field, ``seed``
+(chips are seeded by the global seed and the layer name) and an invalid resulting config are
+errors naming the pattern (and the layer and field).
+
 Per-module-type rules (which matrices a module holds, how to map them) live in `rules`.
 """
 
@@ -33,13 +41,15 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import logging
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from speechbrain_memristor.config import HardwareConfig
+from speechbrain_memristor.config import ADC_FIELDS, FIELD_NAMES, IDEAL_ADC, HardwareConfig
 from speechbrain_memristor.crossbar import ChipInventory
 from speechbrain_memristor.layers.base import HardwareLayer
 from speechbrain_memristor.layers.matmul import HardwareMatmul
@@ -68,6 +78,11 @@ TYPE_PREFIX = "type:"
 
 Model = torch.nn.Module | Mapping[str, torch.nn.Module]
 FilterFn = Callable[[torch.nn.Module, str], bool]
+# Per-layer hardware: layer pattern -> HardwareConfig field overrides (`check_layer_hardware`).
+LayerHardware = Mapping[str, Mapping[str, Any]]
+# Fields that cannot differ per layer: every chip is seeded by (global seed, layer name).
+GLOBAL_FIELDS = ("seed",)
+LAYER_FIELDS: tuple[str, ...] = tuple(name for name in FIELD_NAMES if name not in GLOBAL_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -179,7 +194,7 @@ def _selects(pattern: str, matrix: _Matrix) -> bool:
 
 def _check_patterns(kind: str, patterns: Sequence[str], walk: _Walk) -> None:
     """Every pattern must select a matrix (or an already converted layer); else a clear error."""
-    matrices, modules, converted = walk.matrices, walk.modules, walk.converted
+    matrices, converted = walk.matrices, walk.converted
     for pattern in patterns:
         if not isinstance(pattern, str) or not pattern:
             raise TypeError(f"{kind} patterns must be non-empty strings, got {pattern!r}.")
@@ -187,27 +202,31 @@ def _check_patterns(kind: str, patterns: Sequence[str], walk: _Walk) -> None:
             _matches_module(pattern, name, layer) for name, layer in converted
         ):
             continue
-        hits = [
-            (name, module) for name, module in modules if _matches_module(pattern, name, module)
-        ]
-        if hits:
-            found = ", ".join(f"{name or '<root>'} ({type(m).__name__})" for name, m in hits[:5])
-            raise ValueError(
-                f"{kind} pattern {pattern!r} selects {found}{' ...' if len(hits) > 5 else ''}, "
-                f"which contain no supported weight matrix. Supported: {SUPPORTED}."
-            )
-        if pattern.startswith(TYPE_PREFIX):
-            candidates = {type(module).__name__ for _, module in modules}
-        else:
-            names = [name for name, _ in modules] + [matrix.name for matrix in matrices]
-            candidates = {part for name in names for part in name.split(".")}
-        tail = pattern.removeprefix(TYPE_PREFIX).split(".")[-1].strip("*?[]")
-        close = difflib.get_close_matches(tail, sorted(candidates), n=3)
-        hint = f" Close names: {', '.join(close)}." if close else ""
-        raise ValueError(
-            f"{kind} pattern {pattern!r} matches nothing in the model.{hint} Patterns use "
-            "fnmatch on qualified module names ('*' spans dots), or 'type:<ClassName>'."
+        raise _unmatched(kind, pattern, walk)
+
+
+def _unmatched(kind: str, pattern: str, walk: _Walk) -> ValueError:
+    """The error for a pattern that selects no weight matrix (with close names)."""
+    matrices, modules = walk.matrices, walk.modules
+    hits = [(name, module) for name, module in modules if _matches_module(pattern, name, module)]
+    if hits:
+        found = ", ".join(f"{name or '<root>'} ({type(m).__name__})" for name, m in hits[:5])
+        return ValueError(
+            f"{kind} pattern {pattern!r} selects {found}{' ...' if len(hits) > 5 else ''}, "
+            f"which contain no supported weight matrix. Supported: {SUPPORTED}."
         )
+    if pattern.startswith(TYPE_PREFIX):
+        candidates = {type(module).__name__ for _, module in modules}
+    else:
+        names = [name for name, _ in modules] + [matrix.name for matrix in matrices]
+        candidates = {part for name in names for part in name.split(".")}
+    tail = pattern.removeprefix(TYPE_PREFIX).split(".")[-1].strip("*?[]")
+    close = difflib.get_close_matches(tail, sorted(candidates), n=3)
+    hint = f" Close names: {', '.join(close)}." if close else ""
+    return ValueError(
+        f"{kind} pattern {pattern!r} matches nothing in the model.{hint} Patterns use "
+        "fnmatch on qualified module names ('*' spans dots), or 'type:<ClassName>'."
+    )
 
 
 def _check_fits(matrix: _Matrix) -> None:
@@ -261,7 +280,123 @@ def _select(
     return chosen
 
 
-def _map_selected(selected: list[_Matrix], hardware: HardwareConfig, execution: str) -> None:
+def check_layer_hardware(layer_hardware: LayerHardware | None) -> dict[str, dict[str, Any]]:
+    """``layer_hardware`` as a plain ordered dict {pattern: {field: value}}, checked.
+
+    Patterns are those of ``include`` (module doc); values are `HardwareConfig` fields (the
+    word "ideal" in an ADC field means None, an ideal ADC). An unknown field, ``seed`` (chips
+    are seeded by the global seed and the layer name) or a malformed mapping is an error.
+    Whether each pattern selects a mapped layer and each layer's config is valid is checked by
+    `convert`.
+    """
+    if layer_hardware is None:
+        return {}
+    if not isinstance(layer_hardware, Mapping):
+        raise TypeError(
+            "layer_hardware must be a mapping of layer patterns to HardwareConfig field "
+            f"overrides, e.g. {{'*.out_proj': {{'adc_precision_bits': 6}}}}, got {layer_hardware!r}."
+        )
+    checked: dict[str, dict[str, Any]] = {}
+    for pattern, fields in layer_hardware.items():
+        if not isinstance(pattern, str) or not pattern:
+            raise TypeError(f"layer_hardware patterns must be non-empty strings, got {pattern!r}.")
+        if not isinstance(fields, Mapping):
+            raise TypeError(
+                f"layer_hardware[{pattern!r}] must be a mapping of HardwareConfig fields to "
+                f"values, e.g. {{adc_precision_bits: 6}}, got {fields!r}."
+            )
+        for name in fields:
+            if name in GLOBAL_FIELDS:
+                raise ValueError(
+                    f"layer_hardware pattern {pattern!r} sets {name!r}, which cannot differ per "
+                    "layer: every chip is seeded by the global seed (HardwareConfig.seed, the "
+                    "hook's seed) and the layer's name. Remove it; set the global seed instead."
+                )
+            if name not in FIELD_NAMES:
+                close = difflib.get_close_matches(str(name), LAYER_FIELDS, n=3)
+                hint = f" Did you mean {', '.join(close)}?" if close else ""
+                raise ValueError(
+                    f"layer_hardware pattern {pattern!r} sets unknown field {name!r}.{hint} "
+                    f"Per-layer fields: {', '.join(LAYER_FIELDS)}."
+                )
+        checked[pattern] = {
+            name: None if name in ADC_FIELDS and value == IDEAL_ADC else value
+            for name, value in fields.items()
+        }
+    return checked
+
+
+def hardware_differences(base: HardwareConfig, config: HardwareConfig) -> dict[str, Any]:
+    """The fields (seed excluded) in which ``config`` differs from ``base``: {field: value}."""
+    return {
+        name: getattr(config, name)
+        for name in LAYER_FIELDS
+        if getattr(config, name) != getattr(base, name)
+    }
+
+
+def describe_differences(differences: Mapping[str, Any]) -> str:
+    """``field=value, ...`` (or "-" when there is none), as the log and the report show it."""
+    return ", ".join(f"{name}={value}" for name, value in differences.items()) or "-"
+
+
+def _layer_configs(
+    walk: _Walk,
+    selected: list[_Matrix],
+    hardware: HardwareConfig,
+    layer_hardware: dict[str, dict[str, Any]],
+) -> dict[str, HardwareConfig]:
+    """The validated config of every selected matrix: ``hardware`` with the fields of each
+    matching pattern applied in order (later patterns win)."""
+    for pattern in layer_hardware:
+        if any(_selects(pattern, matrix) for matrix in selected):
+            continue
+        unmapped = [matrix.name for matrix in walk.matrices if _selects(pattern, matrix)]
+        unmapped += [
+            name for name, layer in walk.converted if _matches_module(pattern, name, layer)
+        ]
+        if unmapped:
+            raise ValueError(
+                f"layer_hardware pattern {pattern!r} selects no layer mapped by this conversion, "
+                f"only {', '.join(unmapped[:5])}{' ...' if len(unmapped) > 5 else ''}, which "
+                "stay digital (or were converted earlier). Per-layer settings apply to mapped "
+                "layers: add them to include, or fix the pattern."
+            )
+        raise _unmatched("layer_hardware", pattern, walk)
+    configs = {}
+    for matrix in selected:
+        changes: dict[str, Any] = {}
+        sources: dict[str, str] = {}
+        for pattern, fields in layer_hardware.items():
+            if _selects(pattern, matrix):
+                changes.update(fields)
+                sources.update(dict.fromkeys(fields, pattern))
+        configs[matrix.name] = _layer_config(hardware, matrix.name, changes, sources)
+    return configs
+
+
+def _layer_config(
+    hardware: HardwareConfig, name: str, changes: dict[str, Any], sources: dict[str, str]
+) -> HardwareConfig:
+    if not changes:
+        return hardware
+    try:
+        return hardware.replace(**changes)
+    except (TypeError, ValueError) as error:
+        found = re.search(r"HardwareConfig\.(\w+)", str(error))
+        field = found.group(1) if found else None
+        pattern = sources.get(field, list(sources.values())[-1])
+        given = ", ".join(f"{key}={value!r} ({sources[key]!r})" for key, value in changes.items())
+        raise ValueError(
+            f"layer_hardware pattern {pattern!r} makes the hardware of layer {name!r} invalid"
+            f"{f' in field {field}' if field else ''}: {error} Per-layer fields of this layer "
+            f"(pattern): {given}."
+        ) from None
+
+
+def _map_selected(
+    selected: list[_Matrix], configs: Mapping[str, HardwareConfig], execution: str
+) -> None:
     """Map the selected matrices module by module (one rule call per module)."""
     by_module: dict[int, list[_Matrix]] = {}
     for matrix in selected:
@@ -269,35 +404,43 @@ def _map_selected(selected: list[_Matrix], hardware: HardwareConfig, execution: 
     for matrices in by_module.values():
         first = matrices[0]
         names = {matrix.site.role: matrix.name for matrix in matrices}
+        hardware = {matrix.site.role: configs[matrix.name] for matrix in matrices}
         replacement = first.rule.map(first.module, names, hardware, execution)
         if first.rule.replaces_module:
             setattr(first.parent, first.attribute, replacement)
 
 
 def _log_table(
-    matrices: list[_Matrix], mapped: set[str], execution: str, hardware: HardwareConfig
+    matrices: list[_Matrix],
+    configs: Mapping[str, HardwareConfig],
+    execution: str,
+    hardware: HardwareConfig,
 ) -> None:
-    rows = [("layer", "type", "matrix (out x in)", "mapping", "cells")]
+    rows = [("layer", "type", "matrix (out x in)", "mapping", "cells", "hardware")]
     mapped_weights = total_weights = 0
     for matrix in matrices:
         out_features, in_features = matrix.shape
-        inventory = ChipInventory.of(out_features, in_features, hardware)
+        config = configs.get(matrix.name)
+        inventory = ChipInventory.of(out_features, in_features, config or hardware)
         total_weights += inventory.weights
-        is_mapped = matrix.name in mapped
-        mapped_weights += inventory.weights if is_mapped else 0
+        mapped_weights += inventory.weights if config is not None else 0
         rows.append(
             (
                 matrix.name,
                 matrix.site.kind,
                 f"{out_features} x {in_features}",
-                "hardware" if is_mapped else "digital",
-                f"{inventory.cells:,}" if is_mapped else "-",
+                "digital" if config is None else "hardware",
+                "-" if config is None else f"{inventory.cells:,}",
+                "-"
+                if config is None
+                else describe_differences(hardware_differences(hardware, config)),
             )
         )
     logger.info(
         "Memristor conversion: %d of %d weight matrices mapped (%s of %s weights), "
-        "execution=%s, weight_bits=%d, tiles %dx%d:\n%s",
-        len(mapped),
+        "execution=%s, weight_bits=%d, tiles %dx%d (column hardware: per-layer settings "
+        "that differ):\n%s",
+        len(configs),
         len(matrices),
         f"{mapped_weights:,}",
         f"{total_weights:,}",
@@ -316,6 +459,7 @@ def convert(
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
     filter_fn: FilterFn | None = None,
+    layer_hardware: LayerHardware | None = None,
 ) -> Model:
     """Map the selected weight matrices of ``model`` onto hardware, in place; returns ``model``.
 
@@ -324,7 +468,9 @@ def convert(
     with ``filter_fn``, every matrix). ``exclude``: patterns removed from the selection.
     ``filter_fn(module, name)``: keep a selected matrix only if it returns True. Each explicit
     pattern must select something; layers converted by an earlier call are left as they are.
-    Logs a table of every weight matrix with its mapping.
+    ``layer_hardware``: per-layer settings {pattern: {HardwareConfig field: value}} (module
+    doc); each pattern must select a mapped matrix. Logs a table of every weight matrix with
+    its mapping and per-layer settings.
     """
     if not isinstance(hardware, HardwareConfig):
         raise TypeError(
@@ -337,11 +483,19 @@ def convert(
             raise TypeError(f"{argument} must be a list of patterns, got the string {value!r}.")
     if filter_fn is not None and not callable(filter_fn):
         raise TypeError(f"filter_fn must be callable(module, name) -> bool, got {filter_fn!r}.")
+    layer_hardware = check_layer_hardware(layer_hardware)
     walk = _find_matrices(model)
     selected = _select(walk, include, exclude, filter_fn)
-    _map_selected(selected, hardware, execution)
-    _log_table(walk.matrices, {matrix.name for matrix in selected}, execution, hardware)
+    configs = _layer_configs(walk, selected, hardware, layer_hardware)
+    _map_selected(selected, configs, execution)
+    _log_table(walk.matrices, configs, execution, hardware)
     return model
+
+
+def layer_configs(model: Model) -> dict[str, HardwareConfig]:
+    """{qualified name: hardware config} of every mapped matrix of ``model`` (its own
+    settings: per-layer fields, and the current chip seed)."""
+    return {matmul.name: matmul.hardware for matmul in hardware_matmuls(model)}
 
 
 def hardware_layers(model: Model) -> Iterator[tuple[str, torch.nn.Module]]:

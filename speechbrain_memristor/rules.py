@@ -55,10 +55,11 @@ class ConversionRule:
         self,
         module: torch.nn.Module,
         names: dict[str, str],
-        hardware: HardwareConfig,
+        hardware: dict[str, HardwareConfig],
         execution: str,
     ) -> torch.nn.Module | None:
-        """Map the selected matrices (``names``: role -> qualified name) of ``module``;
+        """Map the selected matrices (``names``: role -> qualified name) of ``module``, each
+        with its own settings (``hardware``: role -> config, the same roles as ``names``);
         returns the replacement module when ``replaces_module``, else None."""
         raise NotImplementedError
 
@@ -73,7 +74,7 @@ class LinearRule(ConversionRule):
         return [MatrixSite("", tuple(module.weight.shape), "weight", "Linear")]
 
     def map(self, module, names, hardware, execution):
-        return MemristorLinear.from_linear(module, hardware, execution, name=names["weight"])
+        return MemristorLinear.from_linear(module, hardware["weight"], execution, name=names["weight"])
 
 
 class ConvolutionRule(ConversionRule):
@@ -94,7 +95,7 @@ class ConvolutionRule(ConversionRule):
         return [MatrixSite("", shape, "weight", self.torch_class.__name__)]
 
     def map(self, module, names, hardware, execution):
-        return self.hardware_class.from_conv(module, hardware, execution, name=names["weight"])
+        return self.hardware_class.from_conv(module, hardware["weight"], execution, name=names["weight"])
 
 
 class MultiheadAttentionRule(ConversionRule):
@@ -134,10 +135,11 @@ class MultiheadAttentionRule(ConversionRule):
     def map(self, module, names, hardware, execution):
         map_multihead_attention(
             module,
-            hardware,
+            hardware.get("in_proj", hardware.get("out_proj")),
             execution,
             in_proj_name=names.get("in_proj"),
             out_proj_name=names.get("out_proj"),
+            out_proj_hardware=hardware.get("out_proj"),
         )
 
 
@@ -159,7 +161,7 @@ class InProjectionRule(ConversionRule):
         return module.in_proj_weight
 
     def map(self, module, names, hardware, execution):
-        map_in_projection(module, hardware, execution, names["in_proj"])
+        map_in_projection(module, hardware["in_proj"], execution, names["in_proj"])
 
 
 RULES: Sequence[ConversionRule] = (

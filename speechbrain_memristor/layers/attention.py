@@ -250,12 +250,14 @@ def map_multihead_attention(
     execution: str = "digital",
     in_proj_name: str | None = None,
     out_proj_name: str | None = None,
+    out_proj_hardware: HardwareConfig | None = None,
 ) -> torch.nn.MultiheadAttention:
     """Map the input and/or output projection of a `torch.nn.MultiheadAttention`, in place.
 
     A projection is mapped when its name (which seeds its chip) is given, e.g.
-    ``in_proj_name="enc.att.in_proj_weight"``, ``out_proj_name="enc.att.out_proj"``. Returns
-    ``module`` itself as a `HardwareMultiheadAttention` subclass instance.
+    ``in_proj_name="enc.att.in_proj_weight"``, ``out_proj_name="enc.att.out_proj"``. The output
+    projection uses ``out_proj_hardware`` (None: ``hardware``). Returns ``module`` itself as a
+    `HardwareMultiheadAttention` subclass instance.
     """
     if not isinstance(module, torch.nn.MultiheadAttention):
         raise TypeError(
@@ -280,6 +282,8 @@ def map_multihead_attention(
     module.out_proj_matmul = (
         None
         if out_proj_name is None
-        else new_matmul(hardware, execution, out_proj_name, like, module.training)
+        else new_matmul(
+            out_proj_hardware or hardware, execution, out_proj_name, like, module.training
+        )
     )
     return module
