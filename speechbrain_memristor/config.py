@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 CONFIG_VERSION = 1
 
 READ_NOISE_MODES = ("off", "physical", "synaptogenml")
+DAC_GRIDS = ("symmetric", "synaptogenml")
 OBSERVERS = ("minmax", "moving_average")
 CELL_MODELS = ("synaptogen", "ideal")
 # `HardwareConfig.for_recipe`: the word for an ideal ADC in a recipe's ADC keys.
@@ -70,12 +71,22 @@ class HardwareConfig:
 
     Weights are quantized per tensor, symmetric, to integers in [-(2^(b-1)-1), 2^(b-1)-1]
     (b = ``weight_bits``); the sign selects the positive or negative cell of a differential pair
-    and the magnitude is split into b-1 binary bit planes. Inputs are quantized by a
-    ``dac_bits`` symmetric DAC to integers in [-(2^(d-1)-1), 2^(d-1)-1] and applied as voltages
-    ``integer / (2^(d-1)-1) * input_voltage``. Each tile's column current difference is
-    multiplied by ``current_scale`` (value per ampere) and converted by an ADC with step
-    2^-adc_precision_bits, clipped to +-2^(adc_range_bits-1); ``None`` for both ADC fields
-    means an ideal converter (no rounding, no clipping).
+    and the magnitude is split into b-1 binary bit planes. Inputs x are quantized by a
+    ``dac_bits`` DAC with the input quantizer's scale s = max|x| / Q_a, Q_a = 2^(d-1)-1
+    (``dac_qmax``), on one of two code grids (``dac_grid``):
+
+    - "symmetric": codes clamp(round(x / s), -Q_a, Q_a) (2^d - 1 levels), applied as the
+      voltages ``code / Q_a * input_voltage``;
+    - "synaptogenml" (the authors' SynaptogenML library, used by the "paper" presets): codes
+      clamp(round(x / s * 2^(d-1) / Q_a), -2^(d-1), 2^(d-1)) (2^d + 1 levels, step 1/2^(d-1) of
+      the full scale: 257 levels for 8 bits), applied as ``code / 2^(d-1) * input_voltage``.
+
+    Both grids span the same input range +-s Q_a onto +-input_voltage and the layer rescales
+    the read by weight_scale * s * Q_a; ``fake_quant`` rounds inputs onto the same grid as the
+    chip (value code * s * Q_a / the grid's largest code). Each tile's column current
+    difference is multiplied by ``current_scale`` (value per ampere) and converted by an ADC
+    with step 2^-adc_precision_bits, clipped to +-2^(adc_range_bits-1); ``None`` for both ADC
+    fields means an ideal converter (no rounding, no clipping).
 
     ``current_scale=None`` calibrates the scale from the device model so that one bit-1 cell
     pair at full input voltage gives the value 1: 1 / (input_voltage * (G_LRS - G_HRS)) with the
@@ -120,6 +131,7 @@ class HardwareConfig:
     weight_bits: int = 3
     dac_bits: int = 8
     input_voltage: float = 0.6
+    dac_grid: str = "symmetric"
     adc_precision_bits: int | None = 4
     adc_range_bits: int | None = 4
     current_scale: float | None = None
@@ -162,6 +174,7 @@ class HardwareConfig:
         _check_int("weight_bits", self.weight_bits, 2, 8)
         _check_int("dac_bits", self.dac_bits, 2, 16)
         self._set_float("input_voltage", 0.0, 1.0, True)
+        _check_choice("dac_grid", self.dac_grid, DAC_GRIDS)
         if (self.adc_precision_bits is None) != (self.adc_range_bits is None):
             _fail(
                 "adc_precision_bits",
@@ -220,8 +233,15 @@ class HardwareConfig:
 
     @property
     def dac_qmax(self) -> int:
-        """Largest DAC input integer, 2^(dac_bits-1) - 1."""
+        """Q_a = 2^(dac_bits-1) - 1: the input quantizer's integer range (scale = max|x| / Q_a,
+        layer rescale weight_scale * scale * Q_a) and the symmetric grid's largest code."""
         return 2 ** (self.dac_bits - 1) - 1
+
+    @property
+    def dac_max_code(self) -> int:
+        """Largest DAC code, applied as +input_voltage: Q_a on the "symmetric" grid,
+        2^(dac_bits-1) on the "synaptogenml" grid."""
+        return self.dac_qmax if self.dac_grid == "symmetric" else 2 ** (self.dac_bits - 1)
 
     @property
     def bit_planes(self) -> int:
@@ -271,8 +291,9 @@ class HardwareConfig:
         """A named configuration, optionally with fields overridden.
 
         - "default": the field defaults (physical read noise, calibrated scale, ADC p4/r4).
-        - "paper": the authors' settings: 3-bit weights, 8-bit DAC at 0.6 V, ADC p4/r4
-          ("reasonable"), 128 x 128 tiles, current_scale 8020, SynaptogenML noise constants.
+        - "paper": the authors' settings: 3-bit weights, 8-bit DAC at 0.6 V on their
+          257-level grid (``dac_grid="synaptogenml"``), ADC p4/r4 ("reasonable"), 128 x 128
+          tiles, current_scale 8020, SynaptogenML noise constants.
         - "paper_high_precision": "paper" with the ADC at p8/r10.
         - "noiseless": Synaptogen cells, no read noise, ideal ADC: isolates programming
           spread, HRS leakage and I-V nonlinearity.
@@ -331,6 +352,7 @@ _PAPER = {
     "weight_bits": 3,
     "dac_bits": 8,
     "input_voltage": 0.6,
+    "dac_grid": "synaptogenml",
     "adc_precision_bits": 4,
     "adc_range_bits": 4,
     "tile_rows": 128,

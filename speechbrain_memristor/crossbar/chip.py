@@ -109,8 +109,10 @@ class Crossbar(torch.nn.Module):
     Built by `Crossbar.program` (from weights) or directly from states (for experiments):
     ``states_pos`` / ``states_neg`` [planes, in, out] are the r values of the positive and
     negative cells. Reads take inputs and the input quantizer's scale and return values in
-    units of ``sum_i code_i / Q_a * w_int_io`` (code_i the DAC integers), which the layer
-    rescales by weight_scale * input_scale * Q_a. All tensors are non-persistent buffers (they
+    units of ``sum_i code_i / M * w_int_io`` (code_i the DAC codes, M = ``dac.max_code`` of
+    ``hardware.dac_grid``), which the layer rescales by weight_scale * input_scale * Q_a on
+    either grid. The DAC-level tables hold one entry per code of the grid (index code + M)
+    plus a last one for padded rows. All tensors are non-persistent buffers (they
     follow ``.to(device)``, but are not in any state_dict); the read-noise generator is seeded
     from ``read_seed`` on each device.
     """
@@ -225,8 +227,10 @@ class Crossbar(torch.nn.Module):
         )
 
     def read(self, inputs: Tensor, input_scale: Tensor | float = 1.0) -> Tensor:
-        """Values [N, out] for inputs [N, in]: DAC codes clamp(round(inputs / input_scale)),
-        in units of sum_i code_i / Q_a * w_int_io (1.0 passes integer codes through)."""
+        """Values [N, out] for inputs [N, in] (DAC codes `DigitalToAnalogConverter.integers`
+        of inputs / input_scale), in units of sum_i code_i / M * w_int_io (M =
+        ``dac.max_code``; on the symmetric grid an ``input_scale`` of 1.0 passes integer codes
+        through)."""
         if inputs.dim() != 2 or inputs.shape[1] != self.layout.in_features:
             raise ValueError(
                 f"inputs must be [N, {self.layout.in_features}], got {tuple(inputs.shape)}."

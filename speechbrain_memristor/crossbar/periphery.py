@@ -1,8 +1,13 @@
 """Crossbar periphery: the DAC (numbers to volts) and the ADC (amperes to numbers).
 
-DAC: an input x with quantizer scale s (value per integer step) becomes the integer
-q = clamp(round(x / s), -Q, Q), Q = 2^(dac_bits-1) - 1, applied as the voltage
-q / Q * input_voltage (volts). Negative inputs are negative voltages.
+DAC: an input x with quantizer scale s (value per quantizer step, s = max|x| / Q_a,
+Q_a = 2^(dac_bits-1) - 1) becomes the code c = clamp(round(x / s / (Q_a / M)), -M, M), applied
+as the voltage c / M * input_voltage (volts); M is the grid's largest code
+(`HardwareConfig.dac_grid`): Q_a on the symmetric grid (c = clamp(round(x / s), -Q_a, Q_a),
+bit for bit, since Q_a / M = 1), 2^(dac_bits-1) on the authors' SynaptogenML grid (257 levels
+for 8 bits, Q_a / M = 127/128 exactly). Both map the input range +-s Q_a onto
++-input_voltage, so a read in units of sum_i (c_i / M) w_int is rescaled by
+weight_scale * s * Q_a on either grid. Negative inputs are negative voltages.
 
 ADC: a column current difference I (amperes) becomes the value I * current_scale, rounded to
 the step 2^-p and clipped to +-2^(r-1) (p = adc_precision_bits, r = adc_range_bits). The ADC
@@ -24,29 +29,71 @@ def quantize_symmetric(values: Tensor, scale: Tensor | float, qmax: int) -> Tens
     return torch.div(values, scale).round_().clamp_(-qmax, qmax)
 
 
+def quantize_codes(
+    values: Tensor, scale: Tensor | float, max_code: int, steps_per_code: float = 1.0
+) -> Tensor:
+    """Codes (as floats) clamp(round(values / scale / steps_per_code), -max_code, max_code);
+    round half to even. ``steps_per_code`` 1.0 is `quantize_symmetric` (no extra pass)."""
+    steps = torch.div(values, scale)
+    if steps_per_code != 1.0:
+        steps.div_(steps_per_code)
+    return steps.round_().clamp_(-max_code, max_code)
+
+
 @dataclass(frozen=True)
 class DigitalToAnalogConverter:
-    """Symmetric DAC with integers in [-qmax, qmax] mapped linearly onto +-input_voltage (V)."""
+    """DAC with codes in [-max_code, max_code] mapped linearly onto +-input_voltage (V).
 
-    qmax: int
+    ``input_qmax`` is the input quantizer's integer range Q_a (scale = max|x| / Q_a); one code
+    is Q_a / max_code quantizer steps. Build it with `from_config`, which picks the grid of
+    ``hardware.dac_grid`` once (max_code Q_a or 2^(dac_bits-1)); every use (the read, its
+    level tables, `ideal_read`, the input fake quantizer) goes through these fields.
+    """
+
+    max_code: int
+    input_qmax: int
     input_voltage: float
 
     @classmethod
     def from_config(cls, hardware: HardwareConfig) -> DigitalToAnalogConverter:
-        return cls(qmax=hardware.dac_qmax, input_voltage=hardware.input_voltage)
+        return cls(
+            max_code=hardware.dac_max_code,
+            input_qmax=hardware.dac_qmax,
+            input_voltage=hardware.input_voltage,
+        )
 
     @property
-    def volts_per_step(self) -> float:
-        return self.input_voltage / self.qmax
+    def steps_per_code(self) -> float:
+        """Quantizer steps per code, Q_a / max_code: 1.0 (symmetric), 127/128 (8-bit authors'),
+        exact in binary floating point."""
+        return self.input_qmax / self.max_code
+
+    @property
+    def levels(self) -> int:
+        """Number of codes, 2 * max_code + 1."""
+        return 2 * self.max_code + 1
+
+    @property
+    def level_offset(self) -> int:
+        """Level index of code 0: level = code + max_code indexes `level_voltages`."""
+        return self.max_code
+
+    @property
+    def volts_per_code(self) -> float:
+        return self.input_voltage / self.max_code
 
     def integers(self, values: Tensor, scale: Tensor | float) -> Tensor:
-        """DAC integer codes of ``values`` (same shape, float dtype) for the input ``scale``."""
-        return quantize_symmetric(values, scale, self.qmax)
+        """DAC codes of ``values`` (same shape, float dtype) for the input quantizer ``scale``."""
+        return quantize_codes(values, scale, self.max_code, self.steps_per_code)
+
+    def level_codes(self, device: torch.device | str | None = None) -> Tensor:
+        """All codes in level order, float32 [levels]: -max_code .. max_code."""
+        return torch.arange(-self.max_code, self.max_code + 1, dtype=torch.float32, device=device)
 
     def level_voltages(self) -> Tensor:
-        """All output voltages, float32 [2*qmax + 1]: index q + qmax holds q * volts_per_step."""
-        codes = torch.arange(-self.qmax, self.qmax + 1, dtype=torch.float32)
-        return codes * torch.tensor(self.volts_per_step, dtype=torch.float32)
+        """All output voltages, float32 [levels]: level code + max_code holds
+        code * volts_per_code."""
+        return self.level_codes() * torch.tensor(self.volts_per_code, dtype=torch.float32)
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,8 @@ class ReadNoise:
 class ReadPath:
     """What one read needs besides the inputs: layout, converters and the mean matrix.
 
-    ``mean_lut[level]`` (level = DAC code + Q_a; ADC steps per unit of ``difference``)
+    ``mean_lut[level]`` (level = DAC code + ``dac.level_offset``; ADC steps per unit of
+    ``difference``)
     multiplies ``difference`` [tiles_in * planes, tile_rows, out]; its last entry (0) marks
     padded rows.
     """
@@ -112,7 +113,7 @@ def tiled_read(
     result = inputs.new_empty(rows, out_features)
     for row in range(0, rows, block_rows):
         codes = path.dac.integers(inputs[row : row + block_rows], input_scale)
-        levels = codes.add_(path.dac.qmax).to(torch.int32)
+        levels = codes.add_(path.dac.level_offset).to(torch.int32)
         count = levels.shape[0]
         padding = layout.padded_in - layout.in_features
         padded = F.pad(levels, (0, padding), value=absent) if padding else levels
@@ -191,8 +192,9 @@ def ideal_read(
 ) -> Tensor:
     """Shift-and-added ADC values [N, out] of an ideal chip for inputs [N, in].
 
-    Each tile and plane gives sum_i (code_i / Q_a) * sign(w) bit_k(|w|), the value a calibrated
-    chip of ideal cells produces, then the ADC as in the analog read. Emulates the ADC in QAT.
+    Each tile and plane gives sum_i (code_i / M) * sign(w) bit_k(|w|) (M the DAC grid's largest
+    code, ``dac.max_code``), the value a calibrated chip of ideal cells produces, then the ADC
+    as in the analog read. Emulates the ADC in QAT.
     """
     device = inputs.device
     layout = TileLayout.from_config(weight_int.shape[1], weight_int.shape[0], hardware)
@@ -200,7 +202,6 @@ def ideal_read(
     adc = AnalogToDigitalConverter.from_config(hardware)
     planes = hardware.bit_planes
     difference = to_tile_major(signed_bit_planes(weight_int, planes), layout).to(device)
-    levels = torch.arange(-dac.qmax, dac.qmax + 1, dtype=torch.float32, device=device)
-    mean_lut = F.pad(levels / (dac.qmax * adc.step), (0, 1))
+    mean_lut = F.pad(dac.level_codes(device) / (dac.max_code * adc.step), (0, 1))
     path = ReadPath(layout, dac, adc, mean_lut, difference)
     return tiled_read(inputs, input_scale, path)

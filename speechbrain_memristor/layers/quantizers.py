@@ -5,7 +5,11 @@ Q_w = 2^(weight_bits-1) - 1, integers clamp(round(W / s_w), -Q_w, Q_w). The scal
 current weights (no state).
 
 Inputs: quantized exactly like the DAC (`crossbar.periphery.DigitalToAnalogConverter`) with scale
-s_a = max(|min|, |max|) / Q_a of an observed range (Q_a = 2^(dac_bits-1) - 1). The observer
+s_a = max(|min|, |max|) / Q_a of an observed range (Q_a = 2^(dac_bits-1) - 1), onto the code
+grid the chip uses (`HardwareConfig.dac_grid`): value = code * s_a * Q_a / M with the DAC's
+codes in [-M, M]. On the symmetric grid (M = Q_a) that is code * s_a; on the authors'
+SynaptogenML grid (M = 2^(dac_bits-1)) QAT sees the 2^dac_bits + 1 levels the chip applies,
+over the same range +-s_a Q_a, rather than a grid the chip never uses. The observer
 ("minmax": running extremes; "moving_average": extremes averaged with ``observer_momentum``)
 updates in training mode and, once, on the first batch it sees if it was never calibrated.
 Its state lives in non-persistent buffers and travels via ``state()`` / ``load_state()``.
@@ -19,29 +23,39 @@ import torch
 from torch import Tensor
 
 from speechbrain_memristor.config import HardwareConfig
-from speechbrain_memristor.crossbar.periphery import quantize_symmetric
+from speechbrain_memristor.crossbar.periphery import (
+    DigitalToAnalogConverter,
+    quantize_codes,
+    quantize_symmetric,
+)
 
 # Smallest range treated as non-zero, so an all-zero tensor gets a finite scale.
 MIN_RANGE = 1e-12
 
 
 class _FakeQuantize(torch.autograd.Function):
-    """quantize_symmetric(x, scale, qmax) * scale with a clipped straight-through gradient."""
+    """quantize_codes(x, scale, qmax, steps_per_code) * scale * steps_per_code with a clipped
+    straight-through gradient."""
 
     @staticmethod
-    def forward(ctx, values: Tensor, scale: Tensor, qmax: int) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(values.abs() <= scale * qmax)
-        return quantize_symmetric(values, scale, qmax) * scale
+    def forward(  # type: ignore[override]
+        ctx, values: Tensor, scale: Tensor, qmax: int, steps_per_code: float
+    ) -> Tensor:
+        ctx.save_for_backward(values.abs() <= scale * (qmax * steps_per_code))
+        quantized = quantize_codes(values, scale, qmax, steps_per_code).mul_(scale)
+        return quantized if steps_per_code == 1.0 else quantized.mul_(steps_per_code)
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):  # type: ignore[override]
         (inside,) = ctx.saved_tensors
-        return grad_output * inside, None, None
+        return grad_output * inside, None, None, None
 
 
-def fake_quantize(values: Tensor, scale: Tensor, qmax: int) -> Tensor:
-    """Values rounded to multiples of ``scale`` within +-qmax*scale; straight-through gradient."""
-    return _FakeQuantize.apply(values, scale, qmax)
+def fake_quantize(values: Tensor, scale: Tensor, qmax: int, steps_per_code: float = 1.0) -> Tensor:
+    """Values rounded to multiples of ``scale * steps_per_code`` within
+    +-qmax*steps_per_code*scale; straight-through gradient. ``steps_per_code`` 1.0 (weights,
+    the symmetric DAC) gives quantize_symmetric(values, scale, qmax) * scale."""
+    return _FakeQuantize.apply(values, scale, qmax, steps_per_code)
 
 
 def symmetric_scale(magnitude: Tensor, qmax: int) -> Tensor:
@@ -71,11 +85,13 @@ class WeightQuantizer(torch.nn.Module):
 
 
 class ActivationQuantizer(torch.nn.Module):
-    """Symmetric input (DAC) quantizer with a min-max or moving-average range observer."""
+    """Input (DAC) quantizer onto the DAC's code grid, with a min-max or moving-average range
+    observer; ``qmax`` is Q_a (the scale's integer range), ``dac`` the chip's converter."""
 
     def __init__(self, hardware: HardwareConfig):
         super().__init__()
         self.qmax = hardware.dac_qmax
+        self.dac = DigitalToAnalogConverter.from_config(hardware)
         self.observer = hardware.observer
         self.momentum = hardware.observer_momentum
         self.register_buffer("min_val", torch.tensor(float("inf")), persistent=False)
@@ -115,7 +131,8 @@ class ActivationQuantizer(torch.nn.Module):
 
     def forward(self, values: Tensor) -> Tensor:
         """Fake-quantized ``values`` with straight-through gradient; updates the observer first."""
-        return fake_quantize(values, self.calibrated_scale(values).to(values.dtype), self.qmax)
+        scale = self.calibrated_scale(values).to(values.dtype)
+        return fake_quantize(values, scale, self.dac.max_code, self.dac.steps_per_code)
 
     def state(self) -> dict[str, Tensor]:
         """Calibration state: observed ``min`` and ``max`` (inf/-inf when uncalibrated)."""

@@ -40,7 +40,9 @@ def test_dac_and_input_quantizer_round_ties_half_to_even():
     for integers in (
         quantize_symmetric(ties, scale, 127),
         quantize_symmetric(ties, torch.tensor(scale), 127),
-        DigitalToAnalogConverter(qmax=127, input_voltage=0.6).integers(ties, scale),
+        DigitalToAnalogConverter(max_code=127, input_qmax=127, input_voltage=0.6).integers(
+            ties, scale
+        ),
         fake_quantize(ties, torch.tensor(scale), 127) / scale,
     ):
         assert integers.tolist() == HALF_TO_EVEN
@@ -124,7 +126,7 @@ def test_moving_average_observer_and_state_round_trip():
 
 def test_dac_levels():
     dac = DigitalToAnalogConverter.from_config(HardwareConfig(dac_bits=3, input_voltage=0.6))
-    assert dac.qmax == 3
+    assert (dac.max_code, dac.input_qmax, dac.levels, dac.level_offset) == (3, 3, 7, 3)
     assert torch.allclose(dac.level_voltages(), torch.tensor([-0.6, -0.4, -0.2, 0, 0.2, 0.4, 0.6]))
     assert dac.integers(torch.tensor([0.51, -10.0]), 0.2).tolist() == [3.0, -3.0]
 
