@@ -74,7 +74,9 @@ class LinearRule(ConversionRule):
         return [MatrixSite("", tuple(module.weight.shape), "weight", "Linear")]
 
     def map(self, module, names, hardware, execution):
-        return MemristorLinear.from_linear(module, hardware["weight"], execution, name=names["weight"])
+        return MemristorLinear.from_linear(
+            module, hardware["weight"], execution, name=names["weight"]
+        )
 
 
 class ConvolutionRule(ConversionRule):
@@ -95,7 +97,9 @@ class ConvolutionRule(ConversionRule):
         return [MatrixSite("", shape, "weight", self.torch_class.__name__)]
 
     def map(self, module, names, hardware, execution):
-        return self.hardware_class.from_conv(module, hardware["weight"], execution, name=names["weight"])
+        return self.hardware_class.from_conv(
+            module, hardware["weight"], execution, name=names["weight"]
+        )
 
 
 class MultiheadAttentionRule(ConversionRule):

@@ -39,7 +39,10 @@ from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, registe
 from speechbrain_memristor.brain.results import EvaluationRun, EvaluationTable
 from speechbrain_memristor.config import CONFIG_VERSION, HardwareConfig
 from speechbrain_memristor.convert import (
+    LayerHardware,
+    check_layer_hardware,
     convert,
+    layer_configs,
     load_quantizer_state_dict,
     quantizer_state_dict,
     set_chip_seed,
@@ -69,6 +72,9 @@ class MemristorHook:
             train_execution or test_execution is an error.
         include, exclude: layer patterns (`speechbrain_memristor.convert`); include None is the
             paper's Conformer mapping.
+        layer_hardware: per-layer settings, layer pattern -> HardwareConfig field overrides
+            (e.g. ``{"*.mha_layer.out_proj": {"adc_precision_bits": 6}}``; later patterns win;
+            `speechbrain_memristor.convert`), applied at conversion.
         chips: number of chips for analog evaluation (seeds seed, seed+1, ...).
         seed: first chip seed (None: ``hardware.seed``).
         compare: modes from ("digital", "fake_quant") also evaluated once each and tabulated.
@@ -88,6 +94,7 @@ class MemristorHook:
         execution: str | None = None,
         include: Sequence[str] | None = None,
         exclude: Sequence[str] | None = None,
+        layer_hardware: LayerHardware | None = None,
         chips: int = 1,
         seed: int | None = None,
         compare: Sequence[str] = (),
@@ -121,6 +128,7 @@ class MemristorHook:
         self.test_execution = test_execution
         self.include = None if include is None else list(include)
         self.exclude = None if exclude is None else list(exclude)
+        self.layer_hardware = check_layer_hardware(layer_hardware)
         self.chips = chips
         self.compare = compare
         self.metric = metric
@@ -145,8 +153,23 @@ class MemristorHook:
                 f"to modules, got {modules!r}."
             )
         model = dict(modules.items())
-        convert(model, self.hardware, self.train_execution, self.include, self.exclude)
+        convert(
+            model,
+            self.hardware,
+            self.train_execution,
+            self.include,
+            self.exclude,
+            layer_hardware=self.layer_hardware,
+        )
         self.model = model
+
+    def layer_configs(self) -> dict[str, dict]:
+        """{layer name: its effective hardware fields} of every mapped matrix (chip seed: the
+        hook's first chip, as saved)."""
+        return {
+            name: {**config.to_dict(), "seed": self.seed}
+            for name, config in sorted(layer_configs(self._converted()).items())
+        }
 
     def _converted(self) -> dict[str, torch.nn.Module]:
         if self.model is None:
@@ -246,14 +269,17 @@ class MemristorHook:
 
     @mark_as_saver
     def save(self, path: str | os.PathLike) -> None:
-        """Save quantizer calibration, hardware config (with its version) and chip seed (not
-        the chips)."""
+        """Save quantizer calibration, hardware config (with its version), chip seed, the
+        per-layer settings (``layer_hardware``) and every layer's effective config
+        (``layer_configs``; not the chips)."""
         torch.save(
             {
                 "quantizers": quantizer_state_dict(self._converted()),
                 "hardware": self.hardware.to_dict(),
                 "hardware_version": CONFIG_VERSION,
                 "seed": self.seed,
+                "layer_hardware": self.layer_hardware,
+                "layer_configs": self.layer_configs(),
             },
             path,
         )
@@ -285,6 +311,43 @@ class MemristorHook:
         }
         if changed:
             logger.info("Hardware differs from the checkpoint's (saved, now): %s", changed)
+        self._log_layer_differences(saved, os.fspath(path))
+
+    def _log_layer_differences(self, saved: Mapping, source: str) -> None:
+        """Log how the saved per-layer settings differ from the current ones (checkpoints
+        saved before per-layer settings existed count as having none)."""
+        saved_patterns = saved.get("layer_hardware", {})
+        if saved_patterns != self.layer_hardware:
+            logger.info(
+                "Per-layer hardware (layer_hardware) differs from the checkpoint's: saved %s, "
+                "now %s.",
+                saved_patterns,
+                self.layer_hardware,
+            )
+        if "layer_configs" not in saved:
+            return
+        saved_base, current_base = saved["hardware"], self.hardware.to_dict()
+
+        def own(fields: Mapping, base: Mapping) -> dict:  # a layer's fields that differ from base
+            return {key: value for key, value in fields.items() if base.get(key, value) != value}
+
+        current = self.layer_configs()
+        differences = []
+        for name in sorted(set(saved["layer_configs"]) | set(current)):
+            if name not in current or name not in saved["layer_configs"]:
+                where = "not mapped now" if name not in current else "not in the checkpoint"
+                differences.append(f"{name}: {where}")
+                continue
+            before = own(saved["layer_configs"][name], saved_base)
+            now = own(current[name], current_base)
+            if before != now:
+                differences.append(f"{name}: own settings saved {before or '-'}, now {now or '-'}")
+        if differences:
+            logger.info(
+                "Per-layer hardware differs from the checkpoint %s:\n%s",
+                source,
+                "\n".join(differences),
+            )
 
     def write_tables(
         self, folder: str | os.PathLike, table_name: str, runs: Sequence[EvaluationRun]
@@ -306,6 +369,7 @@ class MemristorHook:
             hardware_version=CONFIG_VERSION,
             include=self.include,
             exclude=self.exclude,
+            layer_hardware=self.layer_hardware,
         )
         return table.write(folder, unique)
 

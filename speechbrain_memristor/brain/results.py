@@ -9,7 +9,8 @@ experiment folder (``name`` is the split, e.g. ``test``). The JSON document hold
 - ``analog_summary``: over the analog runs, ``chips``, ``seeds``, and the ``mean``, sample
   ``std`` (n - 1), ``min`` and ``max`` of ``loss`` and of ``metric`` (None without a metric);
   empty when there is no analog run;
-- ``hardware`` (the HardwareConfig fields), ``hardware_version``, ``include``, ``exclude``.
+- ``hardware`` (the HardwareConfig fields), ``hardware_version``, ``include``, ``exclude``,
+  ``layer_hardware`` (per-layer settings: pattern -> field overrides; empty when none).
 
 The Markdown and CSV files show the runs, then the analog statistics as extra rows. Studies
 (sweeps, the demo) read tables with `EvaluationTable.read`, never by parsing the files.
@@ -56,6 +57,7 @@ class EvaluationTable:
     hardware_version: int | None = None
     include: list[str] | None = None
     exclude: list[str] | None = None
+    layer_hardware: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def metrics(self, execution: str) -> list[float]:
         """The metric of every run in ``execution``, in run order."""
@@ -91,6 +93,7 @@ class EvaluationTable:
             "hardware_version": self.hardware_version,
             "include": self.include,
             "exclude": self.exclude,
+            "layer_hardware": self.layer_hardware,
         }
 
     @classmethod
@@ -102,6 +105,7 @@ class EvaluationTable:
             hardware_version=document.get("hardware_version"),
             include=document.get("include"),
             exclude=document.get("exclude"),
+            layer_hardware=document.get("layer_hardware", {}),
         )
 
     def columns(self) -> list[str]:
