@@ -22,12 +22,13 @@ logger = logging.getLogger(__name__)
 # Version of the saved form of HardwareConfig (`HardwareConfig.to_dict` with
 # `CONFIG_VERSION` saved beside it). Bump it when a field is added; `from_saved` fills fields
 # missing from older saves with their defaults.
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2  # 2: initial_cycle_mode, write-verify, stuck-at faults, programming costs
 
 READ_NOISE_MODES = ("off", "physical", "synaptogenml")
 DAC_GRIDS = ("symmetric", "synaptogenml")
 OBSERVERS = ("minmax", "moving_average")
 CELL_MODELS = ("synaptogen", "ideal")
+INITIAL_CYCLE_MODES = ("per_cell", "per_array")
 # `HardwareConfig.for_recipe`: the word for an ideal ADC in a recipe's ADC keys.
 IDEAL_ADC = "ideal"
 ADC_FIELDS = ("adc_precision_bits", "adc_range_bits")
@@ -105,7 +106,37 @@ class HardwareConfig:
 
     Programming: optional ``initial_cycles`` random pulses U(-2, 2) V, a reset pulse at
     ``reset_voltage`` (V, > 0), then a set pulse at ``set_voltage`` (V, < 0) on cells holding 1.
-    ``seed`` seeds every chip together with the layer name.
+    ``seed`` seeds every chip together with the layer name. ``initial_cycle_mode``:
+    "per_cell" draws each cell's own random voltage per pulse; "per_array" (the authors'
+    SynaptogenML behaviour) draws ONE voltage per pulse shared by all cells of an array (one
+    bit plane, bitline side, input-row tile and output-column tile).
+
+    Write-verify (``write_verify``, off by default): after programming every cell is read at
+    ``verify_voltage`` (V; None: the device model's U0 = 0.2 V), R = U / I(U); a cell holding 1
+    must have R <= ``verify_lrs_max_ohms``, a cell holding 0 R >= ``verify_hrs_min_ohms``.
+    Cells outside their window are re-cycled (set if in HRS, reset, set again if they hold 1:
+    a new cycle-to-cycle draw) and read again, up to ``verify_max_attempts`` programming
+    attempts in all; cells still outside are left as they are and counted. None for a window
+    derives it from the device statistics (`physics.cell_models.verify_window`): the 95th
+    percentile of the LRS and the 5th percentile of the HRS resistance of a fixed sample of
+    fresh model cells at the verify voltage: 4.94 kohm and 36.5 kohm for the default
+    parameters at 0.2 V (first attempt: about 5 % of the cells fail).
+
+    Stuck-at faults: per chip a fraction ``stuck_lrs_rate`` of the cells is stuck in LRS (the
+    LRS state of the cell's first cycle, as if formed and never reset) and ``stuck_hrs_rate``
+    in HRS (the fresh cell's HRS state, never set), drawn from the chip seed; they ignore
+    programming and verify pulses (which are still applied and counted).
+
+    Programming cost (first-order, reported per layer by `studies.report`, not simulated):
+    every SET/RESET/initial-cycle pulse costs ``program_pulse_energy`` J and
+    ``program_pulse_time`` s, every verify read ``verify_read_energy`` J and
+    ``verify_read_time`` s; the time assumes one cell at a time (an upper bound: a row-parallel
+    write divides it by the cells written at once). Defaults: 100 ns and 10 pJ per pulse,
+    within the ranges reviewed by H.-S. P. Wong et al., "Metal-Oxide RRAM", Proc. IEEE 100(6),
+    2012 (switching pulses from below 10 ns to about 100 ns, switching energies from below
+    1 pJ to tens of pJ; 2 V at ~50-100 uA for 100 ns is 10-20 pJ); a verify read like a cell
+    read: 100 ns (ISAAC's read cycle, above) and 1 pJ (0.2 V x ~45 uA x 100 ns for an LRS
+    cell, rounded up for the sense amplifier).
 
     Quantization-aware training: ``observer`` ("minmax" or "moving_average" with
     ``observer_momentum``) calibrates the DAC input range; ``adc_in_training`` also emulates
@@ -146,6 +177,14 @@ class HardwareConfig:
     set_voltage: float = -2.0
     reset_voltage: float = 2.0
     initial_cycles: int = 0
+    initial_cycle_mode: str = "per_cell"  # per_cell | per_array (one pulse per array)
+    write_verify: bool = False
+    verify_max_attempts: int = 5  # programming attempts per cell, the first included
+    verify_lrs_max_ohms: float | None = None  # ohms; None: from the device statistics
+    verify_hrs_min_ohms: float | None = None  # ohms; None: from the device statistics
+    verify_voltage: float | None = None  # V; None: the device model's U0 (0.2 V)
+    stuck_lrs_rate: float = 0.0  # fraction of cells stuck in LRS
+    stuck_hrs_rate: float = 0.0  # fraction of cells stuck in HRS
     seed: int = 0
     observer: str = "minmax"
     observer_momentum: float = 0.01
@@ -154,6 +193,10 @@ class HardwareConfig:
     dac_energy_per_step: float = 2e-13  # J per DAC conversion step
     cell_read_time: float = 1e-7  # s, duration of one cell read
     tile_read_latency: float = 1e-7  # s, one parallel read of a layer's tiles
+    program_pulse_energy: float = 1e-11  # J per SET/RESET/initial-cycle pulse
+    program_pulse_time: float = 1e-7  # s per programming pulse
+    verify_read_energy: float = 1e-12  # J per verify read of one cell
+    verify_read_time: float = 1e-7  # s per verify read of one cell
 
     def __post_init__(self) -> None:
         self._check_converters()
@@ -210,6 +253,34 @@ class HardwareConfig:
         self._set_float("set_voltage", -10.0, 0.0, False, True)
         self._set_float("reset_voltage", 0.0, 10.0, True)
         _check_int("initial_cycles", self.initial_cycles, 0, None)
+        _check_choice("initial_cycle_mode", self.initial_cycle_mode, INITIAL_CYCLE_MODES)
+        if not isinstance(self.write_verify, bool):
+            _fail("write_verify", self.write_verify, "expected true or false")
+        _check_int("verify_max_attempts", self.verify_max_attempts, 1, 1000)
+        for window in ("verify_lrs_max_ohms", "verify_hrs_min_ohms"):
+            if getattr(self, window) is not None:
+                self._set_float(window, 0.0, math.inf, True, True)
+        if None not in (self.verify_lrs_max_ohms, self.verify_hrs_min_ohms) and not (
+            self.verify_lrs_max_ohms < self.verify_hrs_min_ohms
+        ):
+            _fail(
+                "verify_lrs_max_ohms",
+                self.verify_lrs_max_ohms,
+                f"expected below verify_hrs_min_ohms={self.verify_hrs_min_ohms!r} (the LRS "
+                "window must lie below the HRS window)",
+            )
+        if self.verify_voltage is not None:
+            # Positive and below every reset threshold (UR >= about 0.3 V): a read, not a pulse.
+            self._set_float("verify_voltage", 0.0, 0.3, True)
+        for rate in ("stuck_lrs_rate", "stuck_hrs_rate"):
+            self._set_float(rate, 0.0, 1.0, False, True)
+        if self.stuck_lrs_rate + self.stuck_hrs_rate >= 1.0:
+            _fail(
+                "stuck_hrs_rate",
+                self.stuck_hrs_rate,
+                f"expected stuck_lrs_rate + stuck_hrs_rate < 1 (stuck_lrs_rate="
+                f"{self.stuck_lrs_rate!r})",
+            )
         _check_int("seed", self.seed, 0, 2**63 - 1)
 
     def _check_training(self) -> None:
@@ -223,7 +294,11 @@ class HardwareConfig:
         """Energy and time figures of the cost estimates."""
         for cost in ("adc_energy_per_step", "dac_energy_per_step"):
             self._set_float(cost, 0.0, 1e-6, False)
+        for cost in ("program_pulse_energy", "verify_read_energy"):
+            self._set_float(cost, 0.0, 1e-6, False)
         for duration in ("cell_read_time", "tile_read_latency"):
+            self._set_float(duration, 0.0, 1.0, False)
+        for duration in ("program_pulse_time", "verify_read_time"):
             self._set_float(duration, 0.0, 1.0, False)
 
     @property

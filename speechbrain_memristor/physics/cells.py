@@ -198,8 +198,18 @@ class CellArray:
         return sum(t.numel() * t.element_size() for t in tensors) // self._n
 
     # ------------------------------------------------------------------------ operations
-    def apply_voltage(self, u: Tensor | float) -> None:
-        """Apply one pulse of u volts (a scalar or [n], one per cell); cells may switch."""
+    def apply_voltage(self, u: Tensor | float, cells: Tensor | None = None) -> None:
+        """Apply one pulse of u volts (a scalar or [n], one per cell); cells may switch.
+
+        ``cells``: optional ascending int64 indices of the only cells that see the pulse (u
+        then a scalar or one voltage per index); the others see nothing. Same result as the
+        pulse on every cell with 0 V for the others (0 V switches no cell whose US < 0 < its
+        reset threshold, which holds for the fitted parameters), at a cost that grows with
+        the number of indices.
+        """
+        if cells is not None:
+            self._apply_to(cells, u)
+            return
         u = self._voltages(u, "apply_voltage")
         params = self.params
         set_mask = (u <= self._features[US]) & ~self._in_lrs
@@ -232,6 +242,54 @@ class CellArray:
             self._state = torch.where(
                 full_mask, params.state_from_resistance(self._features[HRS]), self._state
             )
+
+    def _apply_to(self, cells: Tensor, u: Tensor | float) -> None:
+        """`apply_voltage` on the cells at ascending indices ``cells`` only."""
+        cells = torch.as_tensor(cells, dtype=torch.int64, device=self.device)
+        if cells.ndim != 1:
+            raise ValueError(f"CellArray.apply_voltage: cells must be 1-D indices, got {cells.shape}.")
+        if cells.numel() == 0:
+            return
+        u = torch.as_tensor(u).detach().to(self.device, torch.float32)
+        if u.ndim > 1 or (u.ndim == 1 and u.shape[0] != cells.shape[0]):
+            raise ValueError(
+                f"CellArray.apply_voltage: u has shape {tuple(u.shape)}; pass a scalar or one "
+                f"voltage per index ({cells.shape[0]})."
+            )
+        if not bool(torch.isfinite(u).all()):
+            raise ValueError("CellArray.apply_voltage: u holds NaN or infinite values.")
+        u = u.expand(cells.shape)
+        params = self.params
+        set_mask = (u <= self._features[US, cells]) & ~self._in_lrs[cells]
+        reset_mask = (u > self._reset_threshold[cells]) & ~self._in_hrs[cells]
+        set_cells = cells[set_mask]
+        if set_cells.numel() > 0:
+            self._state[set_cells] = params.state_from_resistance(self._features[LRS, set_cells])
+            self._reset_threshold[set_cells] = self._features[UR, set_cells]
+            self._in_lrs[set_cells] = True
+            self._in_hrs[set_cells] = False
+        reset_cells = cells[reset_mask]
+        if reset_cells.numel() == 0:
+            return
+        u_reset = u[reset_mask]
+        full = u_reset >= params.u_max
+        new_cycle = self._in_lrs[reset_cells]
+        if bool(new_cycle.any()):
+            self._start_new_cycle(reset_cells[new_cycle])
+            self._start_reset_curve(reset_cells[new_cycle & ~full])
+        self._in_lrs[reset_cells] = False
+        partial_cells = reset_cells[~full]
+        if partial_cells.numel() > 0:
+            distance = (params.u_max - u_reset[~full]).abs().pow_(params.eta)
+            target = torch.addcmul(
+                self._hrs_current_at_u_max(partial_cells), self._reset_slope[partial_cells], distance
+            )
+            self._state[partial_cells] = params.state_from_current(target, u_reset[~full])
+        self._reset_threshold[reset_cells] = u_reset
+        full_cells = reset_cells[full]
+        if full_cells.numel() > 0:
+            self._in_hrs[full_cells] = True
+            self._state[full_cells] = params.state_from_resistance(self._features[HRS, full_cells])
 
     def current(self, u: Tensor | float) -> Tensor:
         """[n] noise-free current (A) at u volts (a scalar or [n]); the cells do not switch."""
