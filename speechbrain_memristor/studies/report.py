@@ -20,6 +20,10 @@ These are FIRST-ORDER ESTIMATES: no wires, buffers, digital shift-and-add, contr
 movement; ADC energy follows a Walden figure of merit over p + r bits. Use them to compare
 settings, not as a chip's datasheet.
 
+Each row also shows the layer's own settings: the `HardwareConfig` fields in which its config
+(`HardwareMatmul.hardware`, which every count and cost above uses) differs from the base
+config (per-layer settings, ``layer_hardware``), or "-".
+
 `layer_errors(model, run)` measures, with forward hooks, each layer's relative RMS error of
 its output in another execution mode (default analog) against its fake_quant output on the
 same inputs: sqrt(sum (y - y_fq)^2 / sum y_fq^2) over everything ``run`` feeds the model.
@@ -32,15 +36,23 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from speechbrain_memristor.config import HardwareConfig
-from speechbrain_memristor.convert import Model, hardware_layers, hardware_matmuls
+from speechbrain_memristor.convert import (
+    LAYER_FIELDS,
+    Model,
+    describe_differences,
+    hardware_differences,
+    hardware_layers,
+    hardware_matmuls,
+)
 from speechbrain_memristor.crossbar import ChipInventory
 from speechbrain_memristor.crossbar.layout import magnitude_bit_planes
 from speechbrain_memristor.layers.matmul import HardwareMatmul
@@ -81,6 +93,8 @@ class LayerInventory:
     energy: float | None
     latency: float
     relative_error: float | None = None
+    # fields of the layer's config that differ from the report's base config
+    hardware_changes: dict = field(default_factory=dict)
 
 
 SUMMED = (
@@ -106,6 +120,7 @@ class HardwareReport:
     """Per-layer inventory and the totals over layers (per frame: one vector per layer)."""
 
     layers: tuple[LayerInventory, ...]
+    base: dict | None = None  # the base HardwareConfig fields the layers' settings differ from
 
     def total(self) -> dict[str, float | int | None]:
         """Sums of the SUMMED fields (None where a layer has None) and overall utilization."""
@@ -119,6 +134,7 @@ class HardwareReport:
     def to_dict(self) -> dict:
         return {
             "note": FIRST_ORDER_NOTE,
+            "hardware": self.base,
             "layers": [asdict(layer) for layer in self.layers],
             "total": self.total(),
         }
@@ -150,6 +166,7 @@ class HardwareReport:
 COLUMNS = (
     "layer",
     "matrix (out x in)",
+    "hardware",
     "weights",
     "planes",
     "tiles",
@@ -179,9 +196,11 @@ def _format_row(values: Mapping, name: str) -> list[str]:
         f"{values['out_features']} x {values['in_features']}" if "out_features" in values else ""
     )
     error = values.get("relative_error")
+    changes = values.get("hardware_changes")
     return [
         name,
         matrix,
+        "" if changes is None else describe_differences(changes),
         str(values["weights"]),
         str(values.get("bit_planes", "")),
         str(values["tiles"]),
@@ -223,11 +242,15 @@ def dac_conversion_energy(hardware: HardwareConfig) -> float:
 
 @torch.no_grad()
 def layer_inventory(
-    matmul: HardwareMatmul, weight: Tensor, relative_error: float | None = None
+    matmul: HardwareMatmul,
+    weight: Tensor,
+    relative_error: float | None = None,
+    base: HardwareConfig | None = None,
 ) -> LayerInventory:
-    """Inventory of one mapped matrix. The cell energy needs programmed states: the layer's
-    chip when it holds ``weight``, else a chip programmed for the report alone (seed: the
-    layer's chip seed) and not kept; the layer is left as it was."""
+    """Inventory of one mapped matrix, from its own config ``matmul.hardware`` (``base``: the
+    config its settings are compared with; None: none shown). The cell energy needs
+    programmed states: the layer's chip when it holds ``weight``, else a chip programmed for
+    the report alone (seed: the layer's chip seed) and not kept; the layer is left as it was."""
     hardware = matmul.hardware
     out_features, in_features = weight.shape
     counts = ChipInventory.of(out_features, in_features, hardware)
@@ -266,22 +289,36 @@ def layer_inventory(
         energy=None if adc_energy is None else dac_energy + adc_energy + cell_energy,
         latency=hardware.tile_read_latency,
         relative_error=relative_error,
+        hardware_changes={} if base is None else hardware_differences(base, hardware),
     )
 
 
-def hardware_report(model: Model, errors: Mapping[str, float] | None = None) -> HardwareReport:
+def hardware_report(
+    model: Model, errors: Mapping[str, float] | None = None, base: HardwareConfig | None = None
+) -> HardwareReport:
     """Inventory of every mapped matrix of ``model`` (the model's chips are not changed).
 
     ``errors``: per-layer relative errors (from `layer_errors`) to include, by layer name.
+    ``base``: the config each layer's own settings are shown against (None: the config most
+    layers have, seed aside; a MemristorHook's ``hardware`` for a hook's model).
     """
     errors = errors or {}
-    layers = tuple(
-        layer_inventory(matmul, weight, errors.get(matmul.name))
-        for matmul, weight in mapped_matrices(model)
-    )
-    if not layers:
+    matrices = list(mapped_matrices(model))
+    if not matrices:
         raise ValueError("The model has no converted layers; call convert(model, hardware) first.")
-    return HardwareReport(layers)
+    base = base or most_common_config([matmul.hardware for matmul, _ in matrices])
+    layers = tuple(
+        layer_inventory(matmul, weight, errors.get(matmul.name), base)
+        for matmul, weight in matrices
+    )
+    return HardwareReport(layers, base.to_dict())
+
+
+def most_common_config(configs: list[HardwareConfig]) -> HardwareConfig:
+    """The config most of ``configs`` share (seed aside; ties: the first)."""
+    keys = [tuple(getattr(config, name) for name in LAYER_FIELDS) for config in configs]
+    key = Counter(keys).most_common(1)[0][0]
+    return configs[keys.index(key)]
 
 
 def _root_modules(model: Model) -> list[torch.nn.Module]:
@@ -375,5 +412,5 @@ def report_trained_run(
         examples = split_examples(hparams, split, utterances)
         torch.manual_seed(0)
         errors = layer_errors(model, lambda: forward_examples(brain, examples))
-    report = hardware_report(model, errors)
+    report = hardware_report(model, errors, base=brain.memristor.hardware)
     return report, report.write(out or run.folder)
