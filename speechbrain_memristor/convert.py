@@ -192,6 +192,18 @@ def _selects(pattern: str, matrix: _Matrix) -> bool:
     return any(_matches_module(pattern, name, module) for name, module in matrix.scopes)
 
 
+def name_selects(pattern: str, name: str) -> bool:
+    """Whether ``pattern`` selects the matrix named ``name`` by names alone: it matches the
+    name or the name of a containing module (a dotted prefix). False for ``type:`` patterns,
+    which need the model."""
+    if pattern.startswith(TYPE_PREFIX):
+        return False
+    parts = name.split(".")
+    return any(
+        fnmatch.fnmatchcase(".".join(parts[:end]), pattern) for end in range(1, len(parts) + 1)
+    )
+
+
 def _check_patterns(kind: str, patterns: Sequence[str], walk: _Walk) -> None:
     """Every pattern must select a matrix (or an already converted layer); else a clear error."""
     matrices, converted = walk.matrices, walk.converted

@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,11 +59,15 @@ def study_checkpoint(checkpointer: Checkpointer) -> Checkpoint | None:
 
 @dataclass(frozen=True)
 class TrainedRun:
-    """A trained recipe run: its folder, study checkpoint and the hardware saved with it."""
+    """A trained recipe run: its folder, study checkpoint and the hardware saved with it
+    (``layers``: names of its mapped matrices; ``layer_hardware``: its per-layer settings;
+    both empty for checkpoints saved before per-layer settings existed)."""
 
     folder: Path
     checkpoint: Path
     hardware: dict[str, Any]
+    layers: tuple[str, ...] = ()
+    layer_hardware: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def weight_bits(self) -> int:
@@ -84,7 +88,13 @@ class TrainedRun:
         hardware = HardwareConfig.from_saved(
             state["hardware"], state.get("hardware_version"), source=str(saved)
         )
-        return cls(folder, checkpoint.path, hardware.to_dict())
+        return cls(
+            folder,
+            checkpoint.path,
+            hardware.to_dict(),
+            tuple(state.get("layer_configs", {})),
+            dict(state.get("layer_hardware", {})),
+        )
 
     def recipe_value(self, key: str) -> str | None:
         """A top-level value of the run's resolved ``hyperparams.yaml`` (None if absent)."""

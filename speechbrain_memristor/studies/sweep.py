@@ -17,11 +17,21 @@ trained for, read from their checkpoints). The grid is the product of the axes. 
 is validated (a `HardwareConfig` is built for it) before any evaluation starts, and all
 problems are reported at once.
 
+Per-layer axes ``FIELD@PATTERN`` (e.g. ``adc_range_bits@*.out_proj``) vary a field for the
+layers a pattern selects (the patterns of `speechbrain_memristor.convert`): FIELD is one of the
+hardware axes above except ``hardware_seed`` (``adc@PATTERN`` sets both ADC fields,
+``tile_size@PATTERN`` both tile sizes) or any other per-layer `HardwareConfig` field (its value
+read as YAML). A point passes them to the recipe as one ``layer_hardware`` mapping (pattern ->
+fields, JSON), after the per-layer settings given with the overrides (``layer_hardware``);
+for a pattern in both, the point's fields win. Where the run's checkpoint names its mapped
+layers, each name pattern must select one of them, and every layer's resulting config must be
+valid.
+
 The recipe must expose these axes as top-level hparams keys (``adc`` sets
 ``adc_precision_bits`` and ``adc_range_bits``; an ideal ADC is passed as the word ``ideal``,
 since a null hardware key keeps the recipe preset's value), plus ``execution``, ``compare``,
-``test_splits``, ``output_folder``, ``data_folder`` and ``prepared_folder``, like the
-TED-LIUM 2 recipe does.
+``test_splits``, ``output_folder``, ``data_folder``, ``prepared_folder`` and ``layer_hardware``
+(passed to the MemristorHook), like the TED-LIUM 2 recipe does.
 """
 
 from __future__ import annotations
@@ -42,6 +52,7 @@ from tqdm import tqdm
 
 from speechbrain_memristor.brain.results import EvaluationTable, table_stem
 from speechbrain_memristor.config import ADC_FIELDS, IDEAL_ADC, HardwareConfig
+from speechbrain_memristor.convert import LAYER_FIELDS, check_layer_hardware, name_selects
 from speechbrain_memristor.studies.plots import plot_sweep
 from speechbrain_memristor.studies.runs import TrainedRun, bundled_recipe
 from speechbrain_memristor.util.atomic import write_atomic
@@ -55,6 +66,9 @@ SPLITS = ("dev", "test")
 NULL_WORDS = ("null", "none", "~", "ideal")
 # Recipe keys the sweep sets itself; user overrides must not name them.
 MANAGED_KEYS = ("output_folder", "execution", "compare", "test_splits")
+# The recipe key of per-layer settings; ``FIELD@PATTERN`` axes add to it.
+LAYER_HARDWARE_KEY = "layer_hardware"
+LAYER_SEPARATOR = "@"
 
 
 class SweepError(ValueError):
@@ -106,6 +120,45 @@ AXES: dict[str, Axis] = {
 }
 
 
+def _yaml_value(text: Any) -> Any:
+    return yaml.safe_load(text) if isinstance(text, str) else text
+
+
+def split_layer_axis(axis: str) -> tuple[str, str | None]:
+    """``FIELD@PATTERN`` -> (FIELD, PATTERN); a plain axis -> (axis, None)."""
+    name, separator, pattern = axis.partition(LAYER_SEPARATOR)
+    return (name, pattern) if separator else (axis, None)
+
+
+def axis_of(axis: str) -> Axis:
+    """The `Axis` of a grid key: one of `AXES`, or ``FIELD@PATTERN`` (module doc); raises a
+    ValueError saying what is allowed."""
+    name, pattern = split_layer_axis(axis)
+    if pattern is None:
+        if axis in AXES:
+            return AXES[axis]
+        raise ValueError(
+            f"unknown grid axis {axis!r}; choose from {', '.join(AXES)}, or FIELD@PATTERN for "
+            "the layers a pattern selects"
+        )
+    per_layer = [
+        key
+        for key, value in AXES.items()
+        if value.hardware_fields and "seed" not in value.hardware_fields
+    ]
+    if not pattern:
+        raise ValueError(f"grid axis {axis!r} has an empty layer pattern after {LAYER_SEPARATOR!r}")
+    if name in per_layer:
+        return AXES[name]
+    if name in LAYER_FIELDS:
+        return Axis(_yaml_value, (name,))
+    raise ValueError(
+        f"grid axis {axis!r}: {name!r} cannot be set per layer; choose FIELD from the axes "
+        f"{', '.join(per_layer)}, or any other HardwareConfig field except seed (seeds and "
+        "num_chips are global)"
+    )
+
+
 def parse_grid(grid: Mapping[str, Any]) -> dict[str, list[Any]]:
     """Axis -> parsed values from strings (command line) or YAML scalars/lists.
 
@@ -115,8 +168,10 @@ def parse_grid(grid: Mapping[str, Any]) -> dict[str, list[Any]]:
     parsed: dict[str, list[Any]] = {}
     problems = []
     for axis, raw in grid.items():
-        if axis not in AXES:
-            problems.append(f"unknown grid axis {axis!r}; choose from {', '.join(AXES)}")
+        try:
+            parse = axis_of(axis).parse
+        except ValueError as error:
+            problems.append(str(error))
             continue
         items = raw.split(",") if isinstance(raw, str) else list(raw)
         if not items:
@@ -125,7 +180,7 @@ def parse_grid(grid: Mapping[str, Any]) -> dict[str, list[Any]]:
         for item in items:
             item = item.strip() if isinstance(item, str) else item
             try:
-                values.append(AXES[axis].parse(item))
+                values.append(parse(item))
             except (TypeError, ValueError) as error:
                 problems.append(f"grid {axis}={item!r} cannot be read: {error}")
         parsed[axis] = list(dict.fromkeys(values))  # drop repeats, keep order
@@ -156,43 +211,82 @@ class SweepPoint:
 
     settings: dict[str, Any]  # axis -> value (adc expanded), weight_bits always included
     run: TrainedRun
+    # per-layer settings given for every point (pattern -> fields), before the point's own
+    base_layer_hardware: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def identifier(self) -> str:
-        canonical = json.dumps(
-            {"settings": self.settings, "run": str(self.run.folder)}, sort_keys=True
-        )
+        document: dict[str, Any] = {"settings": self.settings, "run": str(self.run.folder)}
+        if self.base_layer_hardware:
+            document[LAYER_HARDWARE_KEY] = self.base_layer_hardware
+        canonical = json.dumps(document, sort_keys=True)
         return hashlib.sha1(canonical.encode("utf-8")).hexdigest()[:12]
 
     def hardware_changes(self) -> dict[str, Any]:
-        """HardwareConfig fields this point sets."""
+        """HardwareConfig fields this point sets for every layer."""
         changes = {}
         for key, value in self.settings.items():
-            for name in AXES[key].hardware_fields:
-                changes[name] = value
+            if split_layer_axis(key)[1] is None:
+                for name in AXES[key].hardware_fields:
+                    changes[name] = value
         return changes
+
+    def layer_hardware(self) -> dict[str, dict[str, Any]]:
+        """The point's per-layer settings (pattern -> fields): the given ones, then the
+        point's ``FIELD@PATTERN`` settings (for a pattern in both, moved last, the point's
+        fields win)."""
+        merged = {pattern: dict(fields) for pattern, fields in self.base_layer_hardware.items()}
+        for key, value in self.settings.items():
+            pattern = split_layer_axis(key)[1]
+            if pattern is None:
+                continue
+            fields = merged.pop(pattern, {})
+            for name in axis_of(key).hardware_fields:
+                fields[name] = value
+            merged[pattern] = fields
+        return merged
 
 
 def _expand(settings: dict[str, Any]) -> dict[str, Any]:
-    """``adc`` (p, r) -> adc_precision_bits, adc_range_bits."""
-    expanded = dict(settings)
-    if "adc" in expanded:
-        precision, range_bits = expanded.pop("adc")
-        expanded["adc_precision_bits"] = precision
-        expanded["adc_range_bits"] = range_bits
+    """``adc`` (p, r) -> adc_precision_bits, adc_range_bits (also ``adc@PATTERN``)."""
+    expanded = {}
+    for key, value in settings.items():
+        name, pattern = split_layer_axis(key)
+        if name != "adc":
+            expanded[key] = value
+            continue
+        suffix = "" if pattern is None else f"{LAYER_SEPARATOR}{pattern}"
+        expanded[f"adc_precision_bits{suffix}"], expanded[f"adc_range_bits{suffix}"] = value
     return expanded
 
 
-def plan_points(grid: Mapping[str, list[Any]], runs: Sequence[TrainedRun]) -> list[SweepPoint]:
+def plan_points(
+    grid: Mapping[str, list[Any]],
+    runs: Sequence[TrainedRun],
+    layer_hardware: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[SweepPoint]:
     """Every point of the grid product, validated; `SweepError` lists all problems.
 
     ``weight_bits`` values pick the run trained for them; without that axis every run is
-    swept. Each point's HardwareConfig (the run's saved config with the point's changes)
-    must be valid.
+    swept. ``layer_hardware``: per-layer settings for every point (before its ``FIELD@PATTERN``
+    ones). Each point's HardwareConfig (the run's saved config with the point's changes) and
+    its per-layer configs must be valid.
     """
     problems = []
-    if "adc" in grid and ({"adc_precision_bits", "adc_range_bits"} & set(grid)):
-        problems.append("use either the adc axis or adc_precision_bits/adc_range_bits, not both")
+    try:
+        base_layer_hardware = check_layer_hardware(layer_hardware)
+    except (TypeError, ValueError) as error:
+        problems.append(str(error))
+        base_layer_hardware = {}
+    for pattern in (None, *{split_layer_axis(axis)[1] for axis in grid} - {None}):
+        suffix = "" if pattern is None else f"{LAYER_SEPARATOR}{pattern}"
+        if f"adc{suffix}" in grid and (
+            {f"adc_precision_bits{suffix}", f"adc_range_bits{suffix}"} & set(grid)
+        ):
+            problems.append(
+                f"use either the adc{suffix} axis or adc_precision_bits{suffix}/"
+                f"adc_range_bits{suffix}, not both"
+            )
     by_bits: dict[int, TrainedRun] = {}
     for run in runs:
         if run.weight_bits in by_bits:
@@ -220,9 +314,10 @@ def plan_points(grid: Mapping[str, list[Any]], runs: Sequence[TrainedRun]) -> li
         for combination in itertools.product(*(grid[axis] for axis in axes)):
             settings = _expand(dict(zip(axes, combination, strict=True)))
             settings["weight_bits"] = bits
-            point = SweepPoint(settings, run)
+            point = SweepPoint(settings, run, base_layer_hardware)
             try:
-                _hardware(run.hardware, point.hardware_changes())
+                hardware = _hardware(run.hardware, point.hardware_changes())
+                _check_layers(hardware, point.layer_hardware(), run)
             except (TypeError, ValueError) as error:
                 problems.append(f"point {settings}: {error}")
             points.append(point)
@@ -233,6 +328,38 @@ def plan_points(grid: Mapping[str, list[Any]], runs: Sequence[TrainedRun]) -> li
 
 def _hardware(saved: Mapping[str, Any], changes: Mapping[str, Any]) -> HardwareConfig:
     return HardwareConfig(**{**saved, **changes})
+
+
+def _check_layers(
+    hardware: HardwareConfig, layer_hardware: dict[str, dict[str, Any]], run: TrainedRun
+) -> None:
+    """Per-layer settings on ``hardware``: each pattern's fields must give a valid config; where
+    the run's checkpoint names its layers, each name pattern must select one and every
+    layer's resulting config must be valid (``type:`` patterns are checked by the recipe)."""
+    layer_hardware = check_layer_hardware(layer_hardware)
+    for pattern, fields in layer_hardware.items():
+        try:
+            hardware.replace(**fields)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"layer_hardware pattern {pattern!r}: {error}") from None
+    if not run.layers:
+        return
+    names = [pattern for pattern in layer_hardware if not pattern.startswith("type:")]
+    for pattern in names:
+        if not any(name_selects(pattern, layer) for layer in run.layers):
+            raise ValueError(
+                f"layer_hardware pattern {pattern!r} selects none of the {len(run.layers)} "
+                f"mapped layers of run {run.folder} (e.g. {run.layers[0]})"
+            )
+    for layer in run.layers:
+        changes: dict[str, Any] = {}
+        for pattern in names:
+            if name_selects(pattern, layer):
+                changes.update(layer_hardware[pattern])
+        try:
+            hardware.replace(**changes)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"layer {layer!r}: {error}") from None
 
 
 def _recipe_value(key: str, value: Any) -> Any:
@@ -251,7 +378,15 @@ def _override(value: Any) -> str:
         return json.dumps(os.fspath(value))
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_override(item) for item in value) + "]"
+    if isinstance(value, Mapping):  # a JSON (flow YAML) mapping
+        return json.dumps({str(key): _json_value(item) for key, item in value.items()})
     return json.dumps(value)
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(key): _json_value(item) for key, item in value.items()}
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 
 @dataclass
@@ -297,7 +432,9 @@ class Sweep:
             problems.append("no trained run given")
         if problems:
             raise SweepError("Invalid sweep:\n- " + "\n- ".join(problems))
-        self.points = plan_points(self.grid, self.runs)
+        self.points = plan_points(
+            self.grid, self.runs, (self.overrides or {}).get(LAYER_HARDWARE_KEY)
+        )
 
     def point_folder(self, point: SweepPoint) -> Path:
         return self.out_dir / "points" / point.identifier
@@ -312,7 +449,16 @@ class Sweep:
         """The recipe command evaluating ``point`` (test only, analog, one split)."""
         overrides: dict[str, Any] = point.run.data_overrides()
         overrides.update(self.overrides or {})
-        overrides.update({key: _recipe_value(key, value) for key, value in point.settings.items()})
+        overrides.update(
+            {
+                key: _recipe_value(key, value)
+                for key, value in point.settings.items()
+                if split_layer_axis(key)[1] is None
+            }
+        )
+        layer_hardware = point.layer_hardware()
+        if layer_hardware or LAYER_HARDWARE_KEY in overrides:
+            overrides[LAYER_HARDWARE_KEY] = layer_hardware
         overrides.update(
             {
                 "output_folder": self.point_folder(point),
@@ -332,7 +478,12 @@ class Sweep:
         write_atomic(
             folder / "point.json",
             json.dumps(
-                {"settings": point.settings, "run": str(point.run.folder), "split": self.split},
+                {
+                    "settings": point.settings,
+                    "run": str(point.run.folder),
+                    "split": self.split,
+                    LAYER_HARDWARE_KEY: point.layer_hardware(),
+                },
                 indent=2,
             )
             + "\n",
