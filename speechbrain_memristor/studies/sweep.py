@@ -10,10 +10,10 @@ table exists is finished and is never evaluated again, so an interrupted sweep r
 it stopped. Finally ``sweep.{csv,json,md}`` and plots are written to ``<out>``.
 
 Grid axes (`AXES`): ``adc`` (pairs ``p/r``, or ``ideal``), ``adc_precision_bits``,
-``adc_range_bits`` (integers, ``null`` for an ideal ADC), ``dac_bits``, ``tile_size``,
-``read_noise``, ``device_params`` (a Synaptogen JSON path), ``initial_cycles``,
-``num_chips``, ``hardware_seed``, ``weight_bits`` (only the precisions the given runs were
-trained for, read from their checkpoints). The grid is the product of the axes. Every point
+``adc_range_bits`` (integers, ``null`` for an ideal ADC), ``dac_bits``, ``dac_grid``
+(``symmetric`` or ``synaptogenml``), ``tile_size``, ``read_noise``, ``device_params`` (a
+Synaptogen JSON path), ``initial_cycles``, ``num_chips``, ``hardware_seed``, ``weight_bits``
+(only the precisions the given runs were trained for, read from their checkpoints). The grid is the product of the axes. Every point
 is validated (a `HardwareConfig` is built for it) before any evaluation starts, and all
 problems are reported at once.
 
@@ -110,6 +110,7 @@ AXES: dict[str, Axis] = {
     "adc_precision_bits": Axis(_optional_integer, ("adc_precision_bits",)),
     "adc_range_bits": Axis(_optional_integer, ("adc_range_bits",)),
     "dac_bits": Axis(_integer, ("dac_bits",)),
+    "dac_grid": Axis(str, ("dac_grid",)),
     "tile_size": Axis(_integer, ("tile_rows", "tile_cols")),
     "read_noise": Axis(str, ("read_noise",)),
     "device_params": Axis(_path, ("device_params",)),

@@ -15,7 +15,7 @@ from hyperpyyaml import load_hyperpyyaml
 from speechbrain_memristor.brain import MemristorHook
 from speechbrain_memristor.config import HardwareConfig
 from speechbrain_memristor.studies.runs import TrainedRun
-from speechbrain_memristor.studies.sweep import Sweep, parse_grid
+from speechbrain_memristor.studies.sweep import Sweep, SweepError, parse_grid
 
 HPARAMS = Path(__file__).resolve().parents[2] / "recipes/TEDLIUM2/ASR/conformer/hparams"
 RECIPE_FILES = ("conformer_ctc.yaml", "demo_conformer_ctc.yaml")
@@ -28,6 +28,7 @@ HARDWARE_KEYS = (
     "read_noise",
     "hardware_seed",
     "dac_bits",
+    "dac_grid",
     "tile_size",
     "initial_cycles",
     "device_params",
@@ -60,6 +61,7 @@ def test_defaults_are_the_paper_preset_unchanged(recipe):
         read_noise="synaptogenml",
         seed=0,
         dac_bits=8,
+        dac_grid="synaptogenml",  # the authors' 257-level DAC grid
         tile_rows=128,
         tile_cols=128,
         initial_cycles=0,
@@ -114,6 +116,7 @@ def test_explicit_keys_override_the_preset(recipe, tmp_path):
         "read_noise": "physical",
         "hardware_seed": 9,
         "dac_bits": 6,
+        "dac_grid": "symmetric",
         "tile_size": 64,
         "initial_cycles": 2,
         "device_params": str(params),
@@ -127,6 +130,7 @@ def test_explicit_keys_override_the_preset(recipe, tmp_path):
         read_noise="physical",
         seed=9,
         dac_bits=6,
+        dac_grid="symmetric",
         tile_rows=64,
         tile_cols=64,
         initial_cycles=2,
@@ -157,6 +161,7 @@ def test_ideal_adc_word(recipe):
         ({"read_noise": "loud"}, ["read_noise='loud'", "'synaptogenml'"]),
         ({"weight_bits": 12}, ["weight_bits=12", "[2, 8]"]),
         ({"dac_bits": "ideal"}, ["dac_bits='ideal'", "[2, 16]"]),
+        ({"dac_grid": "authors"}, ["dac_grid='authors'", "'symmetric', 'synaptogenml'"]),
         ({"hardware_preset": "papr"}, ["'papr'", "paper_high_precision"]),
     ],
 )
@@ -215,3 +220,34 @@ def test_sweep_ideal_adc_point_builds_an_ideal_adc(tmp_path):
         ),
         HardwareConfig.preset("paper", adc_precision_bits=8, adc_range_bits=10, read_noise="off"),
     ]
+
+
+def test_sweep_dac_grid_axis_reaches_the_recipe(tmp_path):
+    """A grid axis dac_grid sets the recipe's dac_grid key: each point builds its grid."""
+    run = TrainedRun(
+        tmp_path / "run", tmp_path / "run" / "save", HardwareConfig.preset("paper").to_dict()
+    )
+    sweep = Sweep(
+        hparams=HPARAMS / "demo_conformer_ctc.yaml",
+        runs=[run],
+        grid=parse_grid({"dac_grid": "symmetric,synaptogenml"}),
+        out_dir=tmp_path / "sweep",
+        overrides={"data_folder": str(tmp_path), **TINY_MODEL},
+    )
+    built = []
+    for point in sweep.points:
+        hparams_file, _, overrides = sb.parse_arguments(sweep.command(point)[2:])
+        with open(hparams_file, encoding="utf-8") as stream:
+            built.append(load_hyperpyyaml(stream, overrides)["hardware"])
+    assert built == [
+        HardwareConfig.preset("paper", dac_grid="symmetric"),
+        HardwareConfig.preset("paper", dac_grid="synaptogenml"),
+    ]
+    with pytest.raises(SweepError, match="dac_grid='authors'"):
+        Sweep(
+            hparams=HPARAMS / "demo_conformer_ctc.yaml",
+            runs=[run],
+            grid=parse_grid({"dac_grid": "authors"}),
+            out_dir=tmp_path / "bad",
+            overrides={"data_folder": str(tmp_path), **TINY_MODEL},
+        )
