@@ -13,9 +13,9 @@ Grid axes (`AXES`): ``adc`` (pairs ``p/r``, or ``ideal``), ``adc_precision_bits`
 ``adc_range_bits`` (integers, ``null`` for an ideal ADC), ``dac_bits``, ``dac_grid``
 (``symmetric`` or ``synaptogenml``), ``tile_size``, ``read_noise``, ``device_params`` (a
 Synaptogen JSON path), ``initial_cycles``, ``num_chips``, ``hardware_seed``, ``weight_bits``
-(only the precisions the given runs were trained for, read from their checkpoints). The grid is the product of the axes. Every point
-is validated (a `HardwareConfig` is built for it) before any evaluation starts, and all
-problems are reported at once.
+(only the precisions the given runs were trained for, read from their checkpoints). The
+grid is the product of the axes. Every point is validated (a `HardwareConfig` is built for
+it) before any evaluation starts, and all problems are reported at once.
 
 Per-layer axes ``FIELD@PATTERN`` (e.g. ``adc_range_bits@*.out_proj``) vary a field for the
 layers a pattern selects (the patterns of `speechbrain_memristor.convert`): FIELD is one of the
