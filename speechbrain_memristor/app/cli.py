@@ -206,7 +206,8 @@ def _add_sweep(subparsers: argparse._SubParsersAction) -> None:
             "resuming after an interruption, then write OUT/sweep.{csv,json,md} and plots. "
             "Grid axes: adc (P/R pairs or ideal), adc_precision_bits, adc_range_bits, dac_bits, "
             "dac_grid, tile_size, read_noise, device_params, initial_cycles, num_chips, "
-            "hardware_seed, weight_bits (picks among the given runs; see speechbrain_memristor.studies.sweep)."
+            "hardware_seed, weight_bits (picks among the given runs; see "
+            "speechbrain_memristor.studies.sweep)."
         ),
     )
     _add_recipe_arguments(parser)
