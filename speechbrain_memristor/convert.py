@@ -232,8 +232,9 @@ def _unmatched(kind: str, pattern: str, walk: _Walk) -> ValueError:
     else:
         names = [name for name, _ in modules] + [matrix.name for matrix in matrices]
         candidates = {part for name in names for part in name.split(".")}
-    tail = pattern.removeprefix(TYPE_PREFIX).split(".")[-1].strip("*?[]")
-    close = difflib.get_close_matches(tail, sorted(candidates), n=3)
+    parts = [part.strip("*?[]") for part in pattern.removeprefix(TYPE_PREFIX).split(".")]
+    tail = next((part for part in reversed(parts) if part), "")  # its last named part
+    close = difflib.get_close_matches(tail, sorted(candidates - {""}), n=3) if tail else []
     hint = f" Close names: {', '.join(close)}." if close else ""
     return ValueError(
         f"{kind} pattern {pattern!r} matches nothing in the model.{hint} Patterns use "
