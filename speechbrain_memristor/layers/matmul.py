@@ -10,7 +10,8 @@ passes its weight [out, in] and bias at each call.
 - ``analog``: the quantized weight is programmed onto a simulated chip (`crossbar.Crossbar`)
   lazily, and again whenever the weight tensor or the chip seed changes (its version counter
   or storage) or ``program()`` is called; the input goes through the DAC, the crossbar read (with read noise)
-  and the ADC, then is rescaled by weight_scale * input_scale * Q_a and the bias added
+  and the ADC, then is rescaled by weight_scale * input_scale * Q_a (on either DAC grid,
+  `HardwareConfig.dac_grid`; fake_quant rounds inputs onto the same grid) and the bias added
   digitally. Analog execution is inference only: its output carries no gradient.
 """
 
