@@ -18,7 +18,8 @@ padded_in / in products with the difference matrix, twice that with read noise (
 a second product). That ratio is a floor for the time ratio whatever the elementwise work costs.
 
 Programming throughput is measured on one layer (4 cells per 3-bit weight) and extrapolated
-linearly to a 40 M-weight model (the authors' Conformer maps about 40.7 M weights).
+linearly to a 40 M-weight model (the authors' Conformer maps about 40.7 M weights), with
+write-verify off and on (default windows), interleaved, and the time ratio verify on / off.
 """
 
 from __future__ import annotations
@@ -120,21 +121,35 @@ def bench_shape(in_features: int, out_features: int, frames: int, repeats: int) 
         )
 
 
-def bench_programming() -> None:
-    hardware = HardwareConfig(weight_bits=3)
+def bench_programming(repeats: int = 3) -> None:
+    """Programming throughput with write-verify off (the default) and on (default windows),
+    interleaved, medians over ``repeats``, and their ratio."""
     generator = torch.Generator().manual_seed(0)
     weight_int = torch.randint(-3, 4, (2048, 512), generator=generator).float()
-    start = time.perf_counter()
-    chip = Crossbar.program(weight_int, 1.0, hardware, chip_seed=0)
-    seconds = time.perf_counter() - start
     weights = weight_int.numel()
-    per_weight = seconds / weights
-    print(
-        f"programming: {weights / 1e6:.2f} M weights ({chip.inventory().cells / 1e6:.1f} M cells) in "
-        f"{seconds:.2f} s = {chip.inventory().cells / seconds / 1e6:.2f} M cells/s; "
-        f"40 M-weight model (3 bits, {4 * MODEL_WEIGHTS / 1e6:.0f} M cells): "
-        f"~{per_weight * MODEL_WEIGHTS:.0f} s"
-    )
+    times: dict[bool, list[float]] = {False: [], True: []}
+    chips = {}
+    for _ in range(repeats):
+        for verify in (False, True):
+            hardware = HardwareConfig(weight_bits=3, write_verify=verify)
+            start = time.perf_counter()
+            chips[verify] = Crossbar.program(weight_int, 1.0, hardware, chip_seed=0)
+            times[verify].append(time.perf_counter() - start)
+    for verify in (False, True):
+        seconds = statistics.median(times[verify])
+        cells = chips[verify].inventory().cells
+        stats = chips[verify].programming
+        extra = (
+            f"; attempts {list(stats.attempts)}, unverified {stats.unverified}" if verify else ""
+        )
+        print(
+            f"programming{' with write-verify' if verify else ''}: {weights / 1e6:.2f} M weights "
+            f"({cells / 1e6:.1f} M cells) in {seconds:.2f} s = {cells / seconds / 1e6:.2f} M "
+            f"cells/s; 40 M-weight model (3 bits, {4 * MODEL_WEIGHTS / 1e6:.0f} M cells): "
+            f"~{seconds / weights * MODEL_WEIGHTS:.0f} s{extra}"
+        )
+    ratio = statistics.median(times[True]) / statistics.median(times[False])
+    print(f"programming time write-verify on / off: {ratio:.2f}x (medians of {repeats})")
 
 
 def main() -> None:
@@ -142,13 +157,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--frames", type=int, default=1600)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--programming-repeats", type=int, default=3)
+    parser.add_argument(
+        "--programming-only", action="store_true", help="only the programming throughput"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load}")
-    for in_features, out_features in SHAPES:
-        bench_shape(in_features, out_features, args.frames, args.repeats)
-    bench_programming()
+    if not args.programming_only:
+        for in_features, out_features in SHAPES:
+            bench_shape(in_features, out_features, args.frames, args.repeats)
+    bench_programming(args.programming_repeats)
 
 
 if __name__ == "__main__":

@@ -22,10 +22,10 @@ from speechbrain_memristor.crossbar.periphery import (
     AnalogToDigitalConverter,
     DigitalToAnalogConverter,
 )
-from speechbrain_memristor.crossbar.programming import program_weights
+from speechbrain_memristor.crossbar.programming import program_chip
 from speechbrain_memristor.crossbar.read import ReadNoise, ReadPath, tiled_read
 from speechbrain_memristor.physics.calibration import calibrated_current_scale
-from speechbrain_memristor.physics.cell_models import cell_model
+from speechbrain_memristor.physics.cell_models import ProgrammingStats, cell_model
 from speechbrain_memristor.physics.noise import ZERO_VOLTAGE_REPLACEMENT, read_noise_model
 from speechbrain_memristor.util.seeding import stable_seed
 
@@ -142,6 +142,8 @@ class Crossbar(torch.nn.Module):
         self.current_scale = calibrated_current_scale(hardware)
         self.noise_model = read_noise_model(hardware)
         self._generator: torch.Generator | None = None
+        # What programming took (`Crossbar.program`); None for a chip built from states.
+        self.programming: ProgrammingStats | None = None
 
         states_pos, states_neg = states_pos.float().cpu(), states_neg.float().cpu()
         cells = cell_model(hardware)
@@ -184,10 +186,12 @@ class Crossbar(torch.nn.Module):
         cls, weight_int: Tensor, weight_scale: float, hardware: HardwareConfig, chip_seed: int
     ) -> Crossbar:
         """Program integer weights [out, in] (in [-Q_w, Q_w]) onto fresh cells, on the CPU
-        (`programming.program_weights`). The chip is a pure function of (weights, hardware,
-        chip_seed)."""
-        states_pos, states_neg = program_weights(weight_int, hardware, chip_seed)
-        return cls(states_pos, states_neg, weight_scale, hardware, stable_seed(chip_seed, "read"))
+        (`programming.program_chip`; its statistics in ``programming``). The chip is a pure
+        function of (weights, hardware, chip_seed)."""
+        states_pos, states_neg, stats = program_chip(weight_int, hardware, chip_seed)
+        chip = cls(states_pos, states_neg, weight_scale, hardware, stable_seed(chip_seed, "read"))
+        chip.programming = stats
+        return chip
 
     def states(self) -> tuple[Tensor, Tensor]:
         """(r_pos, r_neg), each [planes, in, out], recovered from the stored sum and difference
