@@ -33,10 +33,12 @@ def quantize_codes(
     values: Tensor, scale: Tensor | float, max_code: int, steps_per_code: float = 1.0
 ) -> Tensor:
     """Codes (as floats) clamp(round(values / scale / steps_per_code), -max_code, max_code);
-    round half to even. ``steps_per_code`` 1.0 is `quantize_symmetric` (no extra pass)."""
+    round half to even. ``steps_per_code`` 1.0 is `quantize_symmetric` (no extra pass). The
+    divisor is a tensor on the values' device: CUDA turns a division by a Python scalar into a
+    multiplication by its rounded reciprocal, which would move near-tie codes off the CPU's."""
     steps = torch.div(values, scale)
     if steps_per_code != 1.0:
-        steps.div_(steps_per_code)
+        steps.div_(torch.full((), steps_per_code, dtype=steps.dtype, device=steps.device))
     return steps.round_().clamp_(-max_code, max_code)
 
 
