@@ -14,7 +14,12 @@
   (see its docstring for the figures and sources): ADC and DAC energy per conversion, cell
   read energy ``cell_read_time * U * I(U, r)`` summed over the programmed cells at the
   full-scale input voltage U (an upper bound for real inputs), and ``tile_read_latency`` per
-  layer (a layer's tiles read in parallel, layers one after another).
+  layer (a layer's tiles read in parallel, layers one after another);
+- programming of the layer's chip (once, not per frame; `ProgrammingStats`): write-verify
+  attempts histogram, cells never verified, stuck-at cells (stuck LRS / stuck HRS), pulses,
+  verify reads, and the programming energy and time from ``program_pulse_energy``,
+  ``program_pulse_time``, ``verify_read_energy`` and ``verify_read_time`` (one cell at a
+  time: an upper bound on time).
 
 These are FIRST-ORDER ESTIMATES: no wires, buffers, digital shift-and-add, control or data
 movement; ADC energy follows a Walden figure of merit over p + r bits. Use them to compare
@@ -57,14 +62,16 @@ from speechbrain_memristor.crossbar import ChipInventory
 from speechbrain_memristor.crossbar.layout import magnitude_bit_planes
 from speechbrain_memristor.layers.matmul import HardwareMatmul
 from speechbrain_memristor.layers.modes import Execution, check_execution
-from speechbrain_memristor.physics.cell_models import cell_model
+from speechbrain_memristor.physics.cell_models import ProgrammingStats, cell_model
 from speechbrain_memristor.util.atomic import write_atomic
 from speechbrain_memristor.util.tables import csv_table, markdown_table
 
 FIRST_ORDER_NOTE = (
     "Energy and latency are first-order estimates from per-operation costs (HardwareConfig "
     "adc_energy_per_step, dac_energy_per_step, cell_read_time, tile_read_latency): converters "
-    "and cell reads only, no wires, buffers, digital logic or data movement."
+    "and cell reads only, no wires, buffers, digital logic or data movement. Programming "
+    "energy and time (once per chip): program_pulse_energy/time per pulse and "
+    "verify_read_energy/time per verify read, one cell at a time."
 )
 
 
@@ -95,6 +102,17 @@ class LayerInventory:
     relative_error: float | None = None
     # fields of the layer's config that differ from the report's base config
     hardware_changes: dict = field(default_factory=dict)
+    # programming of the layer's chip (`ProgrammingStats`): write-verify attempts histogram
+    # (cells verified at attempt 1, 2, ...; empty without write-verify), cells never verified,
+    # stuck-at cells, pulses, verify reads, first-order programming energy (J) and time (s)
+    programming_attempts: tuple[int, ...] = ()
+    unverified_cells: int = 0
+    stuck_lrs_cells: int = 0
+    stuck_hrs_cells: int = 0
+    programming_pulses: int = 0
+    verify_reads: int = 0
+    programming_energy: float = 0.0
+    programming_time: float = 0.0
 
 
 SUMMED = (
@@ -112,6 +130,13 @@ SUMMED = (
     "cell_energy",
     "energy",
     "latency",
+    "unverified_cells",
+    "stuck_lrs_cells",
+    "stuck_hrs_cells",
+    "programming_pulses",
+    "verify_reads",
+    "programming_energy",
+    "programming_time",
 )
 
 
@@ -129,6 +154,11 @@ class HardwareReport:
             values = [getattr(layer, key) for layer in self.layers]
             totals[key] = None if None in values else sum(values)
         totals["utilization"] = totals["cells"] / totals["capacity"]
+        histograms = [layer.programming_attempts for layer in self.layers]
+        length = max(map(len, histograms))
+        totals["programming_attempts"] = tuple(
+            sum(h[k] for h in histograms if k < len(h)) for k in range(length)
+        )
         return totals
 
     def to_dict(self) -> dict:
@@ -184,6 +214,14 @@ COLUMNS = (
     "energy nJ",
     "latency ns",
     "rel. RMS error",
+    "verify attempts (1/2/...)",
+    "unverified",
+    "stuck LRS",
+    "stuck HRS",
+    "prog. pulses",
+    "verify reads",
+    "prog. nJ",
+    "prog. us",
 )
 
 
@@ -218,6 +256,14 @@ def _format_row(values: Mapping, name: str) -> list[str]:
         nanojoules("energy"),
         f"{values['latency'] * 1e9:.4g}",
         "" if error is None else f"{error:.4g}",
+        "/".join(map(str, values.get("programming_attempts", ()))),
+        str(values.get("unverified_cells", 0)),
+        str(values.get("stuck_lrs_cells", 0)),
+        str(values.get("stuck_hrs_cells", 0)),
+        str(values.get("programming_pulses", 0)),
+        str(values.get("verify_reads", 0)),
+        f"{values.get('programming_energy', 0.0) * 1e9:.4g}",
+        f"{values.get('programming_time', 0.0) * 1e6:.4g}",
     ]
 
 
@@ -290,7 +336,24 @@ def layer_inventory(
         latency=hardware.tile_read_latency,
         relative_error=relative_error,
         hardware_changes={} if base is None else hardware_differences(base, hardware),
+        **_programming_fields(chip.programming, hardware),
     )
+
+
+def _programming_fields(stats: ProgrammingStats | None, hardware: HardwareConfig) -> dict:
+    """LayerInventory's programming fields from a chip's statistics (None: all zero)."""
+    if stats is None:
+        return {}
+    return {
+        "programming_attempts": stats.attempts,
+        "unverified_cells": stats.unverified,
+        "stuck_lrs_cells": stats.stuck_lrs,
+        "stuck_hrs_cells": stats.stuck_hrs,
+        "programming_pulses": stats.pulses,
+        "verify_reads": stats.verify_reads,
+        "programming_energy": stats.energy(hardware),
+        "programming_time": stats.time(hardware),
+    }
 
 
 def hardware_report(
