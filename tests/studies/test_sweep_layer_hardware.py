@@ -1,7 +1,7 @@
 """Sweeps over per-layer settings: FIELD@PATTERN axes, their validation, and the one
-layer_hardware override a point passes to the real recipe hparams (without running a point:
-the command is parsed as train.py parses it, the hparams are loaded and the hook converts the
-recipe's modules)."""
+layer_hardware override a point passes to the real recipe hparams (the command parsed as
+train.py parses it, the hparams loaded and the hook converting the recipe's modules), and one
+real point through the command line."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import json
 import pytest
 import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
+from test_sweep import trained_run  # noqa: F401 (a fixture: a tiny trained recipe run)
 
+from speechbrain_memristor.app.cli import main
 from speechbrain_memristor.config import HardwareConfig
 from speechbrain_memristor.convert import layer_configs
 from speechbrain_memristor.studies.runs import TrainedRun, bundled_recipe
@@ -146,3 +148,39 @@ def test_adc_axis_and_its_fields_for_one_pattern_conflict(tmp_path):
         parse_grid({"adc@*.out_proj": "4/4", "adc_range_bits@*.ffn_module1": "4"}),
         [make_run(tmp_path)],
     )
+
+
+def test_cli_sweep_point_runs_the_recipe_with_layer_hardware(
+    trained_run,  # noqa: F811 (the fixture imported above)
+    tmp_path,
+    capsys,
+):
+    """One real point (a test-only recipe run): a FIELD@PATTERN axis and a given
+    layer_hardware reach the recipe's hook; its table and log show the per-layer settings."""
+    run = TrainedRun.load(trained_run)
+    assert OUT_PROJ in run.layers and run.layer_hardware == {}
+    out = tmp_path / "sweep"
+    given = '{"*.ffn_module1.*": {"dac_bits": 6}}'
+    code = main(
+        ["sweep", str(HPARAMS), "--run", str(trained_run), "--out", str(out)]
+        + ["--grid", "adc@*.mha_layer.out_proj=8/8", "--grid", "num_chips=1"]
+        + ["--set", f"layer_hardware={given}"]
+        + [f"--set={key}={value}" for key, value in TINY_MODEL.items()]
+    )
+    assert code == 0, capsys.readouterr().err
+    [row] = json.loads((out / "sweep.json").read_text())["rows"]
+    assert row["settings"]["adc_range_bits@*.mha_layer.out_proj"] == 8
+    folder = out / "points" / row["point"]
+    wanted = {
+        "*.ffn_module1.*": {"dac_bits": 6},
+        "*.mha_layer.out_proj": {"adc_precision_bits": 8, "adc_range_bits": 8},
+    }
+    assert json.loads((folder / "memristor_test.json").read_text())["layer_hardware"] == wanted
+    assert json.loads((folder / "point.json").read_text())["layer_hardware"] == wanted
+    log = (folder / "sweep_log.txt").read_text()
+    assert any(
+        OUT_PROJ in line and line.rstrip().endswith("adc_precision_bits=8, adc_range_bits=8")
+        for line in log.splitlines()
+    ), log[-3000:]
+    assert any(FFN1 in line and line.rstrip().endswith("dac_bits=6") for line in log.splitlines())
+    assert "adc_range_bits@*.mha_layer.out_proj" in (out / "sweep.md").read_text()
