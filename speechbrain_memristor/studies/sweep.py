@@ -12,7 +12,10 @@ it stopped. Finally ``sweep.{csv,json,md}`` and plots are written to ``<out>``.
 Grid axes (`AXES`): ``adc`` (pairs ``p/r``, or ``ideal``), ``adc_precision_bits``,
 ``adc_range_bits`` (integers, ``null`` for an ideal ADC), ``dac_bits``, ``dac_grid``
 (``symmetric`` or ``synaptogenml``), ``tile_size``, ``read_noise``, ``device_params`` (a
-Synaptogen JSON path), ``initial_cycles``, ``num_chips``, ``hardware_seed``, ``weight_bits``
+Synaptogen JSON path), ``initial_cycles``, ``initial_cycle_mode`` (``per_cell`` or
+``per_array``), ``write_verify`` (``true``/``false``), ``verify_max_attempts``,
+``verify_lrs_max_ohms`` and ``verify_hrs_min_ohms`` (ohms, ``null`` for the defaults),
+``stuck_lrs_rate``, ``stuck_hrs_rate``, ``num_chips``, ``hardware_seed``, ``weight_bits``
 (only the precisions the given runs were trained for, read from their checkpoints). The
 grid is the product of the axes. Every point is validated (a `HardwareConfig` is built for
 it) before any evaluation starts, and all problems are reported at once.
@@ -93,6 +96,25 @@ def _adc_pair(text: str | Sequence[str]) -> tuple[int | None, int | None]:
     return (int(parts[0]), int(parts[1]))
 
 
+def _boolean(text: str | bool) -> bool:
+    if isinstance(text, bool):
+        return text
+    words = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+    if str(text).lower() not in words:
+        raise ValueError("expected true or false")
+    return words[str(text).lower()]
+
+
+def _float(text: str | float) -> float:
+    return float(text)
+
+
+def _optional_float(text: str | float | None) -> float | None:
+    if text is None or (isinstance(text, str) and text.lower() in NULL_WORDS):
+        return None
+    return float(text)
+
+
 def _path(text: str) -> str | None:
     return None if text.lower() in NULL_WORDS else os.path.abspath(text)
 
@@ -115,6 +137,13 @@ AXES: dict[str, Axis] = {
     "read_noise": Axis(str, ("read_noise",)),
     "device_params": Axis(_path, ("device_params",)),
     "initial_cycles": Axis(_integer, ("initial_cycles",)),
+    "initial_cycle_mode": Axis(str, ("initial_cycle_mode",)),
+    "write_verify": Axis(_boolean, ("write_verify",)),
+    "verify_max_attempts": Axis(_integer, ("verify_max_attempts",)),
+    "verify_lrs_max_ohms": Axis(_optional_float, ("verify_lrs_max_ohms",)),
+    "verify_hrs_min_ohms": Axis(_optional_float, ("verify_hrs_min_ohms",)),
+    "stuck_lrs_rate": Axis(_float, ("stuck_lrs_rate",)),
+    "stuck_hrs_rate": Axis(_float, ("stuck_hrs_rate",)),
     "hardware_seed": Axis(_integer, ("seed",)),
     "num_chips": Axis(_integer, ()),
     "weight_bits": Axis(_integer, ("weight_bits",)),
