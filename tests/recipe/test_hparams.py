@@ -32,7 +32,25 @@ HARDWARE_KEYS = (
     "tile_size",
     "initial_cycles",
     "device_params",
+    "initial_cycle_mode",
+    "write_verify",
+    "verify_max_attempts",
+    "verify_lrs_max_ohms",
+    "verify_hrs_min_ohms",
+    "verify_voltage",
+    "stuck_lrs_rate",
+    "stuck_hrs_rate",
 )
+PROGRAMMING_KEYS = {
+    "initial_cycle_mode": "per_array",
+    "write_verify": True,
+    "verify_max_attempts": 3,
+    "verify_lrs_max_ohms": 5000.0,
+    "verify_hrs_min_ohms": 40000.0,
+    "verify_voltage": 0.1,
+    "stuck_lrs_rate": 0.001,
+    "stuck_hrs_rate": 0.002,
+}
 
 
 def load(name: str, **overrides) -> dict:
@@ -100,6 +118,12 @@ def test_ideal_and_noiseless_presets(recipe):
         "off",
         False,
     )
+
+
+def test_programming_keys_override_the_preset(recipe):
+    hardware = load(recipe, **PROGRAMMING_KEYS)["hardware"]
+    assert hardware == HardwareConfig.preset("paper", **PROGRAMMING_KEYS)
+    assert load(recipe, write_verify=False)["hardware"] == HardwareConfig.preset("paper")
 
 
 def test_explicit_keys_override_the_preset(recipe, tmp_path):
