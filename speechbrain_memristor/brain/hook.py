@@ -6,6 +6,8 @@ hparams::
         weight_bits: 3
     memristor: !new:speechbrain_memristor.brain.MemristorHook
         hardware: !ref <hardware>
+        layer_hardware:                 # optional per-layer settings (later patterns win)
+            "*.mha_layer.out_proj": {adc_precision_bits: 6, adc_range_bits: 6}
         train_execution: fake_quant     # QAT
         test_execution: analog
         chips: 10                       # analog test on chips of seeds s, s+1, ..., s+9
@@ -17,7 +19,9 @@ per stage and runs the evaluation plan; see `speechbrain_memristor.brain.memrist
 Checkpoints: module state_dicts keep the keys of the digital model, so digital, QAT and analog
 runs load each other's checkpoints (and averaged ones). The hook itself is a recoverable
 (``memristor``, optional on load) saving the quantizer calibration and, for reproducibility, the
-hardware config and chip seed; chips themselves are never saved: they are a pure function of
+hardware config, chip seed, per-layer settings (``layer_hardware``) and every layer's effective
+config (a checkpoint with other per-layer settings is logged on load; the hook's own settings
+stay in use); chips themselves are never saved: they are a pure function of
 (weights, config, seed, layer name) and are programmed lazily on the first analog read after
 the weights change.
 
@@ -42,6 +46,7 @@ from speechbrain_memristor.convert import (
     LayerHardware,
     check_layer_hardware,
     convert,
+    hardware_matmuls,
     layer_configs,
     load_quantizer_state_dict,
     quantizer_state_dict,
@@ -230,8 +235,8 @@ class MemristorHook:
     def synchronize_quantizers(self) -> None:
         """Merge the input ranges observed on every DDP rank (no-op without torch.distributed).
 
-        "minmax" observers take the global min of mins and max of maxes; "moving_average"
-        observers (and any other state) take the mean over the ranks that observed something
+        "minmax" observers (each layer's own ``hardware.observer``) take the global min of
+        mins and max of maxes; "moving_average" observers (and any other state) take the mean over the ranks that observed something
         (an uncalibrated rank's +-inf would poison the mean). Every rank then quantizes with
         the same ranges, and the checkpoint (saved by the main process) holds them.
         """
@@ -243,11 +248,13 @@ class MemristorHook:
         model = self._converted()
         state = quantizer_state_dict(model)
         reductions = {"min": torch.distributed.ReduceOp.MIN, "max": torch.distributed.ReduceOp.MAX}
-        if self.hardware.observer != "minmax":
-            reductions = {}
+        # each layer's own observer (per-layer settings may change it)
+        observers = {matmul.name: matmul.hardware.observer for matmul in hardware_matmuls(model)}
         groups: dict[object, list[str]] = {}
         for key in state:
-            groups.setdefault(reductions.get(key.rsplit(".", 1)[-1]), []).append(key)
+            layer, leaf = key.rsplit(".", 1)
+            operation = reductions.get(leaf) if observers[layer] == "minmax" else None
+            groups.setdefault(operation, []).append(key)
         nccl = torch.distributed.get_backend() == "nccl"
         device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
         for operation, keys in groups.items():
