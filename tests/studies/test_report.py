@@ -148,3 +148,50 @@ def test_report_files_agree(tmp_path):
     assert (
         "first-order estimates" in markdown and markdown.count("\n| ") == 5
     )  # header, separator, 2 layers, total
+
+
+def test_report_shows_programming_statistics_without_programming_the_model(tmp_path):
+    hardware = HardwareConfig(
+        weight_bits=3, write_verify=True, stuck_lrs_rate=0.01, stuck_hrs_rate=0.02
+    )
+    model, integers = model_with_integers(hardware)
+    report = hardware_report(model)
+    assert all(matmul.chip is None for matmul in hardware_matmuls(model))  # temporary chips
+    for layer, weight_integers in zip(report.layers, integers, strict=True):
+        chip = next(
+            m for m in hardware_matmuls(model) if m.name == layer.name
+        ).build_chip(torch.as_tensor(weight_integers * 0.01, dtype=torch.float32))
+        stats = chip.programming  # the same chip as the report's (same seed)
+        assert layer.programming_attempts == stats.attempts and len(stats.attempts) == 5
+        assert sum(layer.programming_attempts) + layer.unverified_cells == layer.cells
+        assert (layer.stuck_lrs_cells, layer.stuck_hrs_cells) == (stats.stuck_lrs, stats.stuck_hrs)
+        # ~1 % and ~2 % of the cells stuck; wrongly stuck cells never verify.
+        assert 0.003 < layer.stuck_lrs_cells / layer.cells < 0.02
+        assert 0.01 < layer.stuck_hrs_cells / layer.cells < 0.03
+        assert layer.unverified_cells >= stats.stuck_hrs * 0.2
+        assert layer.programming_pulses == stats.pulses > 2 * layer.lrs_cells
+        assert layer.verify_reads == stats.verify_reads > layer.cells
+        assert layer.programming_energy == pytest.approx(
+            stats.pulses * hardware.program_pulse_energy
+            + stats.verify_reads * hardware.verify_read_energy
+        )
+        assert layer.programming_time == pytest.approx(
+            stats.pulses * hardware.program_pulse_time
+            + stats.verify_reads * hardware.verify_read_time
+        )
+    total = report.total()
+    assert total["stuck_lrs_cells"] == sum(layer.stuck_lrs_cells for layer in report.layers)
+    assert total["programming_attempts"] == tuple(
+        map(sum, zip(*(layer.programming_attempts for layer in report.layers), strict=True))
+    )
+    rows = list(csv.DictReader(report.write(tmp_path)["csv"].open()))
+    assert rows[0]["stuck LRS"] == str(report.layers[0].stuck_lrs_cells)
+    assert rows[0]["unverified"] == str(report.layers[0].unverified_cells)
+    assert rows[0]["verify attempts (1/2/...)"] == "/".join(
+        map(str, report.layers[0].programming_attempts)
+    )
+    # Without write-verify and faults: no histogram, nothing unverified or stuck.
+    plain = hardware_report(model_with_integers(HardwareConfig(weight_bits=3))[0]).layers[0]
+    assert plain.programming_attempts == () and plain.unverified_cells == 0
+    assert (plain.stuck_lrs_cells, plain.stuck_hrs_cells, plain.verify_reads) == (0, 0, 0)
+    assert plain.programming_pulses == plain.cells + plain.lrs_cells  # reset all, set the ones
