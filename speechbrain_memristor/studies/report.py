@@ -457,8 +457,9 @@ def report_trained_run(
     utterances: int = 4,
     out: str | os.PathLike | None = None,
 ) -> tuple[HardwareReport, dict[str, Path]]:
-    """The hardware report of a trained recipe run (its study checkpoint, `runs`), with the
-    per-layer analog error on the first ``utterances`` of ``split`` (0: skipped), written to
+    """The hardware report of a trained recipe run (its study checkpoint, `runs`; per-layer
+    settings: ``overrides["layer_hardware"]``, else the run's own), with the per-layer analog
+    error on the first ``utterances`` of ``split`` (0: skipped), written to
     ``out`` (default: the run folder). Returns the report and the written paths."""
     from speechbrain_memristor.studies.runs import (
         TrainedRun,
@@ -468,7 +469,10 @@ def report_trained_run(
     )
 
     run = TrainedRun.load(run_folder)
-    brain, hparams = load_trained_brain(hparams_file, run, dict(overrides), train_script)
+    overrides = dict(overrides)
+    if run.layer_hardware:  # the run's own per-layer settings unless others are given
+        overrides.setdefault("layer_hardware", run.layer_hardware)
+    brain, hparams = load_trained_brain(hparams_file, run, overrides, train_script)
     model = brain.memristor.model
     errors = None
     if utterances > 0:

@@ -25,8 +25,9 @@ layers a pattern selects (the patterns of `speechbrain_memristor.convert`): FIEL
 hardware axes above except ``hardware_seed`` (``adc@PATTERN`` sets both ADC fields,
 ``tile_size@PATTERN`` both tile sizes) or any other per-layer `HardwareConfig` field (its value
 read as YAML). A point passes them to the recipe as one ``layer_hardware`` mapping (pattern ->
-fields, JSON), after the per-layer settings given with the overrides (``layer_hardware``);
-for a pattern in both, the point's fields win. Where the run's checkpoint names its mapped
+fields, JSON), after the per-layer settings given with the overrides (``layer_hardware``;
+by default the run's own, saved in its checkpoint); for a pattern in both, the point's fields
+win. Where the run's checkpoint names its mapped
 layers, each name pattern must select one of them, and every layer's resulting config must be
 valid.
 
@@ -299,15 +300,17 @@ def plan_points(
 
     ``weight_bits`` values pick the run trained for them; without that axis every run is
     swept. ``layer_hardware``: per-layer settings for every point (before its ``FIELD@PATTERN``
-    ones). Each point's HardwareConfig (the run's saved config with the point's changes) and
-    its per-layer configs must be valid.
+    ones); None: each run's own (saved in its checkpoint). Each point's HardwareConfig (the
+    run's saved config with the point's changes) and its per-layer configs must be valid.
     """
     problems = []
     try:
-        base_layer_hardware = check_layer_hardware(layer_hardware)
+        given_layer_hardware = None
+        if layer_hardware is not None:
+            given_layer_hardware = check_layer_hardware(layer_hardware)
     except (TypeError, ValueError) as error:
         problems.append(str(error))
-        base_layer_hardware = {}
+        given_layer_hardware = {}
     for pattern in (None, *{split_layer_axis(axis)[1] for axis in grid} - {None}):
         suffix = "" if pattern is None else f"{LAYER_SEPARATOR}{pattern}"
         if f"adc{suffix}" in grid and (
@@ -344,6 +347,9 @@ def plan_points(
         for combination in itertools.product(*(grid[axis] for axis in axes)):
             settings = _expand(dict(zip(axes, combination, strict=True)))
             settings["weight_bits"] = bits
+            base_layer_hardware = (
+                run.layer_hardware if given_layer_hardware is None else given_layer_hardware
+            )
             point = SweepPoint(settings, run, base_layer_hardware)
             try:
                 hardware = _hardware(run.hardware, point.hardware_changes())

@@ -184,3 +184,17 @@ def test_cli_sweep_point_runs_the_recipe_with_layer_hardware(
     ), log[-3000:]
     assert any(FFN1 in line and line.rstrip().endswith("dac_bits=6") for line in log.splitlines())
     assert "adc_range_bits@*.mha_layer.out_proj" in (out / "sweep.md").read_text()
+
+
+def test_points_default_to_the_runs_own_layer_hardware(tmp_path):
+    own = {"*.ffn_module1.*": {"weight_bits": 4}}
+    run = TrainedRun(
+        tmp_path / "run", tmp_path / "run" / "save", HardwareConfig().to_dict(), LAYERS, own
+    )
+    grid = parse_grid({"dac_bits@*.out_proj": "6"})
+    [point] = plan_points(grid, [run])  # none given: the run's own
+    assert point.layer_hardware() == {**own, "*.out_proj": {"dac_bits": 6}}
+    [point] = plan_points(grid, [run], {})  # given empty: none
+    assert point.layer_hardware() == {"*.out_proj": {"dac_bits": 6}}
+    [point] = plan_points(parse_grid({"dac_bits": "6"}), [run])
+    assert point.layer_hardware() == own
