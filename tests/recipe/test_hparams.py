@@ -275,3 +275,51 @@ def test_sweep_dac_grid_axis_reaches_the_recipe(tmp_path):
             out_dir=tmp_path / "bad",
             overrides={"data_folder": str(tmp_path), **TINY_MODEL},
         )
+
+
+def test_sweep_programming_axes_reach_the_recipe(tmp_path):
+    """Grid axes write_verify, initial_cycle_mode and the stuck-at rates set the recipe keys;
+    an invalid combination is rejected before any evaluation."""
+    run = TrainedRun(
+        tmp_path / "run", tmp_path / "run" / "save", HardwareConfig.preset("paper").to_dict()
+    )
+    grid = {
+        "write_verify": "true,false",
+        "initial_cycle_mode": "per_array",
+        "stuck_lrs_rate": "0.01",
+        "stuck_hrs_rate": "0,0.02",
+    }
+    sweep = Sweep(
+        hparams=HPARAMS / "demo_conformer_ctc.yaml",
+        runs=[run],
+        grid=parse_grid(grid),
+        out_dir=tmp_path / "sweep",
+        overrides={"data_folder": str(tmp_path), **TINY_MODEL},
+    )
+    built = []
+    for point in sweep.points:
+        hparams_file, _, overrides = sb.parse_arguments(sweep.command(point)[2:])
+        with open(hparams_file, encoding="utf-8") as stream:
+            built.append(load_hyperpyyaml(stream, overrides)["hardware"])
+    expected = [
+        HardwareConfig.preset(
+            "paper",
+            write_verify=verify,
+            initial_cycle_mode="per_array",
+            stuck_lrs_rate=0.01,
+            stuck_hrs_rate=hrs,
+        )
+        for verify in (True, False)
+        for hrs in (0.0, 0.02)
+    ]
+    assert built == expected
+    with pytest.raises(SweepError, match="stuck_lrs_rate \\+ stuck_hrs_rate < 1"):
+        Sweep(
+            hparams=HPARAMS / "demo_conformer_ctc.yaml",
+            runs=[run],
+            grid=parse_grid({"stuck_lrs_rate": "0.6", "stuck_hrs_rate": "0.5"}),
+            out_dir=tmp_path / "bad",
+            overrides={"data_folder": str(tmp_path), **TINY_MODEL},
+        )
+    with pytest.raises(SweepError, match="write_verify='maybe'"):
+        parse_grid({"write_verify": "maybe"})
