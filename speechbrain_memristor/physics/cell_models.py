@@ -89,7 +89,8 @@ class ProgrammingStats:
     def time(self, hardware: HardwareConfig) -> float:
         """First-order programming time (s), one cell at a time (an upper bound)."""
         return (
-            self.pulses * hardware.program_pulse_time + self.verify_reads * hardware.verify_read_time
+            self.pulses * hardware.program_pulse_time
+            + self.verify_reads * hardware.verify_read_time
         )
 
 

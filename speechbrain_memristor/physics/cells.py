@@ -247,7 +247,9 @@ class CellArray:
         """`apply_voltage` on the cells at ascending indices ``cells`` only."""
         cells = torch.as_tensor(cells, dtype=torch.int64, device=self.device)
         if cells.ndim != 1:
-            raise ValueError(f"CellArray.apply_voltage: cells must be 1-D indices, got {cells.shape}.")
+            raise ValueError(
+                f"CellArray.apply_voltage: cells must be 1-D indices, got {cells.shape}."
+            )
         if cells.numel() == 0:
             return
         u = torch.as_tensor(u).detach().to(self.device, torch.float32)
@@ -282,7 +284,9 @@ class CellArray:
         if partial_cells.numel() > 0:
             distance = (params.u_max - u_reset[~full]).abs().pow_(params.eta)
             target = torch.addcmul(
-                self._hrs_current_at_u_max(partial_cells), self._reset_slope[partial_cells], distance
+                self._hrs_current_at_u_max(partial_cells),
+                self._reset_slope[partial_cells],
+                distance,
             )
             self._state[partial_cells] = params.state_from_current(target, u_reset[~full])
         self._reset_threshold[reset_cells] = u_reset

@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from speechbrain_memristor.config import CONFIG_VERSION, HardwareConfig
-from speechbrain_memristor.crossbar import Crossbar
-from speechbrain_memristor.crossbar import programming
+from speechbrain_memristor.crossbar import Crossbar, programming
 from speechbrain_memristor.crossbar.layout import TileLayout
 from speechbrain_memristor.crossbar.programming import (
     array_cycle_voltages,
@@ -319,7 +318,9 @@ def test_chip_carries_its_programming_statistics_and_costs():
     stats = chip.programming
     assert stats.cells == chip.inventory().cells
     assert stats.pulses == stats.cycle_pulses + stats.reset_pulses + stats.set_pulses
-    assert stats.energy(hardware) == pytest.approx(stats.pulses * 2e-12 + stats.verify_reads * 3e-13)
+    assert stats.energy(hardware) == pytest.approx(
+        stats.pulses * 2e-12 + stats.verify_reads * 3e-13
+    )
     assert stats.time(hardware) == pytest.approx(stats.pulses * 5e-8 + stats.verify_reads * 2e-8)
     states = Crossbar(*chip.states(), 1.0, hardware, read_seed=0)
     assert states.programming is None

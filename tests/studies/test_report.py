@@ -158,9 +158,9 @@ def test_report_shows_programming_statistics_without_programming_the_model(tmp_p
     report = hardware_report(model)
     assert all(matmul.chip is None for matmul in hardware_matmuls(model))  # temporary chips
     for layer, weight_integers in zip(report.layers, integers, strict=True):
-        chip = next(
-            m for m in hardware_matmuls(model) if m.name == layer.name
-        ).build_chip(torch.as_tensor(weight_integers * 0.01, dtype=torch.float32))
+        chip = next(m for m in hardware_matmuls(model) if m.name == layer.name).build_chip(
+            torch.as_tensor(weight_integers * 0.01, dtype=torch.float32)
+        )
         stats = chip.programming  # the same chip as the report's (same seed)
         assert layer.programming_attempts == stats.attempts and len(stats.attempts) == 5
         assert sum(layer.programming_attempts) + layer.unverified_cells == layer.cells
