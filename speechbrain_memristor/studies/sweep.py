@@ -569,6 +569,7 @@ class Sweep:
                     "run": str(point.run.folder),
                     "settings": point.settings,
                     "hardware": table.hardware,
+                    LAYER_HARDWARE_KEY: table.layer_hardware,
                     "chips": summary["chips"],
                     "seeds": summary["seeds"],
                     "wers": table.metrics("analog"),

@@ -170,6 +170,10 @@ def test_cli_sweep_point_runs_the_recipe_with_layer_hardware(
     assert code == 0, capsys.readouterr().err
     [row] = json.loads((out / "sweep.json").read_text())["rows"]
     assert row["settings"]["adc_range_bits@*.mha_layer.out_proj"] == 8
+    assert row["layer_hardware"]["*.mha_layer.out_proj"] == {
+        "adc_precision_bits": 8,
+        "adc_range_bits": 8,
+    }
     folder = out / "points" / row["point"]
     wanted = {
         "*.ffn_module1.*": {"dac_bits": 6},
