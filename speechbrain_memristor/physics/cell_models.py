@@ -215,20 +215,32 @@ class SynaptogenCells(CellModel):
             set_pulses=set_count,
         )
 
+        states = cells.r
+        # Re-cycled cells live in `failing`, a copy of the cells that failed the first read
+        # (later failures are a subset of them): switching them costs what they number.
+        failing: dict[str, object] = {}
+
         def present(indices: Tensor | None = None) -> Tensor:
-            states = cells.r if indices is None else cells.r[indices]
+            current = states if indices is None else states[indices]
             if fixed is None:
-                return states
+                return current
             if indices is None:
-                return torch.where(stuck_mask, fixed, states)
-            return torch.where(stuck_mask[indices], fixed[indices], states)
+                return torch.where(stuck_mask, fixed, current)
+            return torch.where(stuck_mask[indices], fixed[indices], current)
 
         def recycle(indices: Tensor) -> tuple[int, int]:
             """Set the cells holding 0 (in HRS), reset all (a new cycle), set those holding 1."""
+            nonlocal states
+            if not failing:
+                failing["indices"], failing["cells"] = indices, cells.take(indices)
+                states = states.clone()
+            subset: CellArray = failing["cells"]
+            local = torch.searchsorted(failing["indices"], indices)
             holding = bits[indices]
-            cells.apply_voltage(hardware.set_voltage, cells=indices[~holding])
-            cells.apply_voltage(hardware.reset_voltage, cells=indices)
-            cells.apply_voltage(hardware.set_voltage, cells=indices[holding])
+            subset.apply_voltage(hardware.set_voltage, cells=local[~holding])
+            subset.apply_voltage(hardware.reset_voltage, cells=local)
+            subset.apply_voltage(hardware.set_voltage, cells=local[holding])
+            states[indices] = subset.r[local]
             return indices.numel(), indices.numel()
 
         if hardware.write_verify:

@@ -243,6 +243,30 @@ class CellArray:
                 full_mask, params.state_from_resistance(self._features[HRS]), self._state
             )
 
+    def take(self, cells: Tensor) -> CellArray:
+        """A new CellArray of copies of the cells at indices ``cells`` (same device-to-device
+        parameters, cycle history, features and state; same generator). Pulses on it leave
+        this array unchanged: use it to switch a few cells without the cost of this array's
+        size (write-verify re-cycles the failing cells this way)."""
+        cells = torch.as_tensor(cells, dtype=torch.int64, device=self.device)
+        if cells.ndim != 1 or cells.numel() == 0:
+            raise ValueError(
+                f"CellArray.take: cells must be non-empty 1-D indices, got shape {cells.shape}."
+            )
+        subset = object.__new__(CellArray)
+        subset.params, subset.device, subset.generator = self.params, self.device, self.generator
+        subset._n = int(cells.numel())
+        subset._gamma, subset._var_innovation = self._gamma, self._var_innovation
+        subset._var_lags = self._var_lags
+        subset._history = self._history.index_select(0, cells)
+        subset._newest_slot = self._newest_slot
+        subset._offset_scale = self._offset_scale.index_select(0, cells)
+        subset._features = self._features.index_select(1, cells)
+        subset._block_cells = self._block_cells if self.device.type == "cpu" else subset._n
+        for name in ("_state", "_reset_threshold", "_reset_slope", "_in_lrs", "_in_hrs"):
+            setattr(subset, name, getattr(self, name).index_select(0, cells))
+        return subset
+
     def _apply_to(self, cells: Tensor, u: Tensor | float) -> None:
         """`apply_voltage` on the cells at ascending indices ``cells`` only."""
         cells = torch.as_tensor(cells, dtype=torch.int64, device=self.device)

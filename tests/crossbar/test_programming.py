@@ -111,6 +111,25 @@ def test_zero_volt_pulse_changes_no_cell_and_the_subset_pulse_equals_it():
         assert int((twins[0].r != twins[1].r).sum()) <= 5
 
 
+def test_a_taken_subset_switches_like_those_cells_in_place():
+    parent = CellArray(5000, generator=torch.Generator().manual_seed(7))
+    twin = CellArray(5000, generator=torch.Generator().manual_seed(7))
+    parent.apply_voltage(2.0)
+    twin.apply_voltage(2.0)
+    chosen = torch.arange(3, 5000, 7)
+    taken = parent.take(chosen)
+    before = parent.r.clone()
+    pulses = torch.Generator().manual_seed(8)
+    for _ in range(5):  # sets, full and partial resets, new cycles
+        volts = (torch.rand(chosen.numel(), generator=pulses) * 2 - 1) * 2.0
+        taken.apply_voltage(volts)
+        twin.apply_voltage(volts, cells=chosen)
+    assert torch.equal(parent.r, before)  # the parent is unchanged
+    for name in ("in_lrs", "in_hrs", "lrs", "hrs", "us", "ur"):
+        assert torch.equal(getattr(taken, name), getattr(twin, name)[chosen]), name
+    torch.testing.assert_close(taken.r, twin.r[chosen], rtol=0, atol=2e-7)
+
+
 def test_array_indices_follow_the_tile_layout():
     layout = TileLayout(in_features=10, out_features=7, tile_rows=4, tile_cols=3)
     planes = 2
