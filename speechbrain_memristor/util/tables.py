@@ -27,12 +27,12 @@ def csv_table(columns: Row, rows: Sequence[Row]) -> str:
 
 
 def setting_text(value: object) -> str:
-    """A setting or WER as shown in tables and plot labels: None (an ideal converter) as
-    "ideal", floats with 2 decimals."""
+    """A setting as shown in tables and plot labels: None (an ideal converter) as "ideal",
+    floats with up to 4 significant digits (a stuck-cell rate 0.001 stays "0.001")."""
     if value is None:
         return "ideal"
     if isinstance(value, float):
-        return f"{value:.2f}"
+        return f"{value:.4g}"
     return str(value)
 
 
