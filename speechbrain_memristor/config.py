@@ -368,7 +368,8 @@ class HardwareConfig:
         - "default": the field defaults (physical read noise, calibrated scale, ADC p4/r4).
         - "paper": the authors' settings: 3-bit weights, 8-bit DAC at 0.6 V on their
           257-level grid (``dac_grid="synaptogenml"``), ADC p4/r4 ("reasonable"), 128 x 128
-          tiles, current_scale 8020, SynaptogenML noise constants.
+          tiles, current_scale 8020, SynaptogenML noise constants, and their initial cycles
+          (``initial_cycle_mode="per_array"``, used when ``initial_cycles`` > 0).
         - "paper_high_precision": "paper" with the ADC at p8/r10.
         - "noiseless": Synaptogen cells, no read noise, ideal ADC: isolates programming
           spread, HRS leakage and I-V nonlinearity.
@@ -428,6 +429,7 @@ _PAPER = {
     "dac_bits": 8,
     "input_voltage": 0.6,
     "dac_grid": "synaptogenml",
+    "initial_cycle_mode": "per_array",
     "adc_precision_bits": 4,
     "adc_range_bits": 4,
     "tile_rows": 128,
