@@ -11,18 +11,3 @@ def test_settings_keep_their_small_values():
 def test_markdown_and_csv_tables():
     assert markdown_table(["a", "b"], [[1, "x"]]) == "| a | b |\n| --- | --- |\n| 1 | x |\n"
     assert csv_table(["a", "b"], [[1, "x,y"]]) == 'a,b\n1,"x,y"\n'
-
-
-def test_atomic_writes_get_ordinary_file_permissions(tmp_path):
-    import os
-
-    from speechbrain_memristor.util.atomic import write_atomic
-
-    mask = os.umask(0o022)
-    try:
-        path = write_atomic(tmp_path / "results" / "table.md", "| a |\n")
-    finally:
-        os.umask(mask)
-    assert path.read_text() == "| a |\n"
-    assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
-    assert [p.name for p in path.parent.iterdir()] == ["table.md"]  # no temporary left
