@@ -218,25 +218,35 @@ def test_both_files_share_the_included_hardware_block():
         assert sum(isinstance(value, MemristorHook) for value in hparams.values()) == 1
 
 
-def test_sweep_ideal_adc_point_builds_an_ideal_adc(tmp_path):
-    """A grid point adc=ideal reaches the recipe as the ideal-ADC word, not as null."""
+def paper_sweep(tmp_path, grid: dict, folder: str = "sweep") -> Sweep:
+    """A sweep of a (never trained) 3-bit paper-preset run over ``grid`` on the demo recipe."""
     run = TrainedRun(
         tmp_path / "run", tmp_path / "run" / "save", HardwareConfig.preset("paper").to_dict()
     )
-    sweep = Sweep(
+    return Sweep(
         hparams=HPARAMS / "demo_conformer_ctc.yaml",
         runs=[run],
-        grid=parse_grid({"adc": "ideal,8/10", "read_noise": "off"}),
-        out_dir=tmp_path / "sweep",
+        grid=parse_grid(grid),
+        out_dir=tmp_path / folder,
         overrides={"data_folder": str(tmp_path), **TINY_MODEL},
     )
+
+
+def built_hardware(sweep: Sweep) -> list[HardwareConfig]:
+    """The HardwareConfig the recipe builds from each point's command line."""
     built = []
     for point in sweep.points:
-        command = sweep.command(point)
-        hparams_file, run_opts, overrides = sb.parse_arguments(command[2:])
+        hparams_file, run_opts, overrides = sb.parse_arguments(sweep.command(point)[2:])
         assert run_opts["test_only"]
         with open(hparams_file, encoding="utf-8") as stream:
             built.append(load_hyperpyyaml(stream, overrides)["hardware"])
+    return built
+
+
+def test_sweep_ideal_adc_point_builds_an_ideal_adc(tmp_path):
+    """A grid point adc=ideal reaches the recipe as the ideal-ADC word, not as null."""
+    sweep = paper_sweep(tmp_path, {"adc": "ideal,8/10", "read_noise": "off"})
+    built = built_hardware(sweep)
     assert '--adc_precision_bits="ideal"' in sweep.command(sweep.points[0])
     assert built == [
         HardwareConfig.preset(
@@ -248,59 +258,25 @@ def test_sweep_ideal_adc_point_builds_an_ideal_adc(tmp_path):
 
 def test_sweep_dac_grid_axis_reaches_the_recipe(tmp_path):
     """A grid axis dac_grid sets the recipe's dac_grid key: each point builds its grid."""
-    run = TrainedRun(
-        tmp_path / "run", tmp_path / "run" / "save", HardwareConfig.preset("paper").to_dict()
-    )
-    sweep = Sweep(
-        hparams=HPARAMS / "demo_conformer_ctc.yaml",
-        runs=[run],
-        grid=parse_grid({"dac_grid": "symmetric,synaptogenml"}),
-        out_dir=tmp_path / "sweep",
-        overrides={"data_folder": str(tmp_path), **TINY_MODEL},
-    )
-    built = []
-    for point in sweep.points:
-        hparams_file, _, overrides = sb.parse_arguments(sweep.command(point)[2:])
-        with open(hparams_file, encoding="utf-8") as stream:
-            built.append(load_hyperpyyaml(stream, overrides)["hardware"])
-    assert built == [
+    sweep = paper_sweep(tmp_path, {"dac_grid": "symmetric,synaptogenml"})
+    assert built_hardware(sweep) == [
         HardwareConfig.preset("paper", dac_grid="symmetric"),
         HardwareConfig.preset("paper", dac_grid="synaptogenml"),
     ]
     with pytest.raises(SweepError, match="dac_grid='authors'"):
-        Sweep(
-            hparams=HPARAMS / "demo_conformer_ctc.yaml",
-            runs=[run],
-            grid=parse_grid({"dac_grid": "authors"}),
-            out_dir=tmp_path / "bad",
-            overrides={"data_folder": str(tmp_path), **TINY_MODEL},
-        )
+        paper_sweep(tmp_path, {"dac_grid": "authors"}, "bad")
 
 
 def test_sweep_programming_axes_reach_the_recipe(tmp_path):
     """Grid axes write_verify, initial_cycle_mode and the stuck-at rates set the recipe keys;
     an invalid combination is rejected before any evaluation."""
-    run = TrainedRun(
-        tmp_path / "run", tmp_path / "run" / "save", HardwareConfig.preset("paper").to_dict()
-    )
     grid = {
         "write_verify": "true,false",
         "initial_cycle_mode": "per_array",
         "stuck_lrs_rate": "0.01",
         "stuck_hrs_rate": "0,0.02",
     }
-    sweep = Sweep(
-        hparams=HPARAMS / "demo_conformer_ctc.yaml",
-        runs=[run],
-        grid=parse_grid(grid),
-        out_dir=tmp_path / "sweep",
-        overrides={"data_folder": str(tmp_path), **TINY_MODEL},
-    )
-    built = []
-    for point in sweep.points:
-        hparams_file, _, overrides = sb.parse_arguments(sweep.command(point)[2:])
-        with open(hparams_file, encoding="utf-8") as stream:
-            built.append(load_hyperpyyaml(stream, overrides)["hardware"])
+    built = built_hardware(paper_sweep(tmp_path, grid))
     expected = [
         HardwareConfig.preset(
             "paper",
@@ -314,12 +290,6 @@ def test_sweep_programming_axes_reach_the_recipe(tmp_path):
     ]
     assert built == expected
     with pytest.raises(SweepError, match="stuck_lrs_rate \\+ stuck_hrs_rate < 1"):
-        Sweep(
-            hparams=HPARAMS / "demo_conformer_ctc.yaml",
-            runs=[run],
-            grid=parse_grid({"stuck_lrs_rate": "0.6", "stuck_hrs_rate": "0.5"}),
-            out_dir=tmp_path / "bad",
-            overrides={"data_folder": str(tmp_path), **TINY_MODEL},
-        )
+        paper_sweep(tmp_path, {"stuck_lrs_rate": "0.6", "stuck_hrs_rate": "0.5"}, "bad")
     with pytest.raises(SweepError, match="write_verify='maybe'"):
         parse_grid({"write_verify": "maybe"})
