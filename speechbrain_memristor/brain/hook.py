@@ -236,9 +236,10 @@ class MemristorHook:
         """Merge the input ranges observed on every DDP rank (no-op without torch.distributed).
 
         "minmax" observers (each layer's own ``hardware.observer``) take the global min of
-        mins and max of maxes; "moving_average" observers (and any other state) take the mean over the ranks that observed something
-        (an uncalibrated rank's +-inf would poison the mean). Every rank then quantizes with
-        the same ranges, and the checkpoint (saved by the main process) holds them.
+        mins and max of maxes; "moving_average" observers (and any other state) take the mean
+        over the ranks that observed something (an uncalibrated rank's +-inf would poison the
+        mean). Every rank then quantizes with the same ranges, and the checkpoint (saved by the
+        main process) holds them.
         """
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             return
