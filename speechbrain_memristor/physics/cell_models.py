@@ -124,6 +124,45 @@ class CellModel:
         STUCK_LRS, STUCK_HRS (None: no faults). With ``hardware.write_verify`` the cells are
         then verified and re-cycled (`_verify`).
         """
+        count = bits.shape[0]
+        stats = ProgrammingStats(
+            cells=count,
+            cycle_pulses=count * hardware.initial_cycles,
+            reset_pulses=count,
+            set_pulses=int(bits.sum()),
+        )
+        present, recycle = self._switch(bits, hardware, generator, cycle_voltages, stuck)
+        if hardware.write_verify:
+            histogram, unverified, reads, resets, sets = self._verify(
+                bits, hardware, present, recycle
+            )
+            stats = replace(
+                stats,
+                verify_reads=reads,
+                attempts=histogram,
+                unverified=unverified,
+                reset_pulses=stats.reset_pulses + resets,
+                set_pulses=stats.set_pulses + sets,
+            )
+        if stuck is not None:
+            stats = replace(
+                stats,
+                stuck_lrs=int((stuck == STUCK_LRS).sum()),
+                stuck_hrs=int((stuck == STUCK_HRS).sum()),
+            )
+        return present(None), stats
+
+    def _switch(
+        self,
+        bits: Tensor,
+        hardware: HardwareConfig,
+        generator: torch.Generator,
+        cycle_voltages: Tensor | None,
+        stuck: Tensor | None,
+    ) -> tuple[Callable[[Tensor | None], Tensor], Callable[[Tensor], tuple[int, int]]]:
+        """Program fresh cells (initial cycles, reset, set); returns ``present(indices)``, the
+        present states of those cells (None: all; stuck cells included), and
+        ``recycle(indices)``, which re-cycles cells and returns its (reset, set) pulse counts."""
         raise NotImplementedError
 
     def resistance_conductance(self, states: Tensor, voltage: float) -> Tensor:
@@ -178,17 +217,10 @@ class SynaptogenCells(CellModel):
     def high(self, voltage: Tensor) -> Tensor:
         return self.params.i_hhrs(voltage)
 
-    def program(
-        self,
-        bits: Tensor,
-        hardware: HardwareConfig,
-        generator: torch.Generator,
-        cycle_voltages: Tensor | None = None,
-        stuck: Tensor | None = None,
-    ) -> tuple[Tensor, ProgrammingStats]:
+    def _switch(self, bits, hardware, generator, cycle_voltages, stuck):
         """Create the cells, apply ``initial_cycles`` random pulses U(-2, 2) V (or
         ``cycle_voltages``), reset at ``reset_voltage``, then apply ``set_voltage`` to the cells
-        holding 1; optionally write-verify. Stuck cells hold the state of their first cycle's
+        holding 1. Stuck cells hold the state of their first cycle's
         LRS (STUCK_LRS) or of the fresh cell's HRS (STUCK_HRS) whatever the pulses do."""
         count = bits.shape[0]
         cells = CellArray(
@@ -207,13 +239,6 @@ class SynaptogenCells(CellModel):
                 cells.apply_voltage(cycle_voltages[cycle])
         cells.apply_voltage(torch.full((count,), hardware.reset_voltage))
         cells.apply_voltage(torch.where(bits, hardware.set_voltage, 0.0))
-        set_count = int(bits.sum())
-        stats = ProgrammingStats(
-            cells=count,
-            cycle_pulses=count * hardware.initial_cycles,
-            reset_pulses=count,
-            set_pulses=set_count,
-        )
 
         states = cells.r
         # Re-cycled cells live in `failing`, a copy of the cells that failed the first read
@@ -243,25 +268,7 @@ class SynaptogenCells(CellModel):
             states[indices] = subset.r[local]
             return indices.numel(), indices.numel()
 
-        if hardware.write_verify:
-            histogram, unverified, reads, resets, sets = self._verify(
-                bits, hardware, present, recycle
-            )
-            stats = replace(
-                stats,
-                verify_reads=reads,
-                attempts=histogram,
-                unverified=unverified,
-                reset_pulses=stats.reset_pulses + resets,
-                set_pulses=stats.set_pulses + sets,
-            )
-        if stuck is not None:
-            stats = replace(
-                stats,
-                stuck_lrs=int((stuck == STUCK_LRS).sum()),
-                stuck_hrs=int((stuck == STUCK_HRS).sum()),
-            )
-        return present(), stats
+        return present, recycle
 
     def bit_conductance(self) -> float:
         """1/R_LRS - 1/R_HRS of the median resistances of CALIBRATION_CELLS fresh cells."""
@@ -277,49 +284,18 @@ class IdealCells(CellModel):
     def high(self, voltage: Tensor) -> Tensor:
         return torch.zeros_like(voltage)
 
-    def program(
-        self,
-        bits: Tensor,
-        hardware: HardwareConfig,
-        generator: torch.Generator,
-        cycle_voltages: Tensor | None = None,
-        stuck: Tensor | None = None,
-    ) -> tuple[Tensor, ProgrammingStats]:
+    def _switch(self, bits, hardware, generator, cycle_voltages, stuck):
         """Deterministic; stuck cells at r = 0 (LRS) or r = 1 (HRS); re-cycling changes
         nothing, so only stuck cells can fail write-verify."""
-        del generator, cycle_voltages
+        del hardware, generator, cycle_voltages
         states = torch.where(bits, 0.0, 1.0)
-        count = bits.shape[0]
-        stats = ProgrammingStats(
-            cells=count,
-            cycle_pulses=count * hardware.initial_cycles,
-            reset_pulses=count,
-            set_pulses=int(bits.sum()),
-        )
         if stuck is not None:
             states = torch.where(stuck == STUCK_LRS, 0.0, states)
             states = torch.where(stuck == STUCK_HRS, 1.0, states)
-            stats = replace(
-                stats,
-                stuck_lrs=int((stuck == STUCK_LRS).sum()),
-                stuck_hrs=int((stuck == STUCK_HRS).sum()),
-            )
-        if hardware.write_verify:
-            histogram, unverified, reads, resets, sets = self._verify(
-                bits,
-                hardware,
-                lambda indices: states if indices is None else states[indices],
-                lambda indices: (indices.numel(), indices.numel()),
-            )
-            stats = replace(
-                stats,
-                verify_reads=reads,
-                attempts=histogram,
-                unverified=unverified,
-                reset_pulses=stats.reset_pulses + resets,
-                set_pulses=stats.set_pulses + sets,
-            )
-        return states, stats
+        return (
+            lambda indices: states if indices is None else states[indices],
+            lambda indices: (indices.numel(), indices.numel()),
+        )
 
     def bit_conductance(self) -> float:
         return float(self.params.g_llrs)
