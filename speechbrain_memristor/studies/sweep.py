@@ -106,10 +106,6 @@ def _boolean(text: str | bool) -> bool:
     return words[str(text).lower()]
 
 
-def _float(text: str | float) -> float:
-    return float(text)
-
-
 def _optional_float(text: str | float | None) -> float | None:
     if text is None or (isinstance(text, str) and text.lower() in NULL_WORDS):
         return None
@@ -143,8 +139,8 @@ AXES: dict[str, Axis] = {
     "verify_max_attempts": Axis(_integer, ("verify_max_attempts",)),
     "verify_lrs_max_ohms": Axis(_optional_float, ("verify_lrs_max_ohms",)),
     "verify_hrs_min_ohms": Axis(_optional_float, ("verify_hrs_min_ohms",)),
-    "stuck_lrs_rate": Axis(_float, ("stuck_lrs_rate",)),
-    "stuck_hrs_rate": Axis(_float, ("stuck_hrs_rate",)),
+    "stuck_lrs_rate": Axis(float, ("stuck_lrs_rate",)),
+    "stuck_hrs_rate": Axis(float, ("stuck_hrs_rate",)),
     "hardware_seed": Axis(_integer, ("seed",)),
     "num_chips": Axis(_integer, ()),
     "weight_bits": Axis(_integer, ("weight_bits",)),
