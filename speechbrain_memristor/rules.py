@@ -19,6 +19,11 @@ from speechbrain_memristor.config import HardwareConfig
 from speechbrain_memristor.layers.attention import map_in_projection, map_multihead_attention
 from speechbrain_memristor.layers.conv import MemristorConv1d, MemristorConv2d
 from speechbrain_memristor.layers.linear import MemristorLinear
+from speechbrain_memristor.layers.recurrent import (
+    MemristorGRU,
+    MemristorLSTM,
+    recurrent_matrix_names,
+)
 
 
 @dataclass(frozen=True)
@@ -168,16 +173,47 @@ class InProjectionRule(ConversionRule):
         map_in_projection(module, hardware["in_proj"], execution, names["in_proj"])
 
 
+class RecurrentRule(ConversionRule):
+    """`torch.nn.LSTM` / `torch.nn.GRU` (``proj_size`` 0): every layer and direction's
+    ``weight_ih_l{k}[_reverse]`` and ``weight_hh_l{k}[_reverse]``, one crossbar each
+    (`layers.recurrent`); the module is replaced by one sharing its Parameters."""
+
+    replaces_module = True
+
+    def __init__(self, torch_class: type, hardware_class: type):
+        self.torch_class = torch_class
+        self.hardware_class = hardware_class
+
+    def matches(self, module: torch.nn.Module) -> bool:
+        return type(module) is self.torch_class and not module.proj_size
+
+    def sites(self, module: torch.nn.Module, name: str) -> list[MatrixSite]:
+        kind = self.torch_class.__name__
+        return [
+            MatrixSite(role, tuple(getattr(module, role).shape), role, f"{kind}_{role[7:9]}")
+            for role in recurrent_matrix_names(module)
+        ]
+
+    def weight(self, module: torch.nn.Module, role: str) -> Tensor:
+        return getattr(module, role)
+
+    def map(self, module, names, hardware, execution):
+        return self.hardware_class.from_rnn(module, hardware, execution, names)
+
+
 RULES: Sequence[ConversionRule] = (
     MultiheadAttentionRule(),
     LinearRule(),
     ConvolutionRule(torch.nn.Conv1d, MemristorConv1d),
     ConvolutionRule(torch.nn.Conv2d, MemristorConv2d),
     InProjectionRule(),
+    RecurrentRule(torch.nn.LSTM, MemristorLSTM),
+    RecurrentRule(torch.nn.GRU, MemristorGRU),
 )
 SUPPORTED = (
     "torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, attention modules with a raw "
-    "in_proj_weight (RelPosMHAXL, RoPEMHA) and torch.nn.MultiheadAttention"
+    "in_proj_weight (RelPosMHAXL, RoPEMHA), torch.nn.MultiheadAttention, torch.nn.LSTM and "
+    "torch.nn.GRU (proj_size 0)"
 )
 
 

@@ -97,6 +97,9 @@ class _HardwareConvolution(HardwareLayer):
     def projections(self) -> list[tuple[HardwareMatmul, Tensor]]:
         return [(self.matmul, self.matrix())]
 
+    def mapped_parameters(self) -> list[Tensor]:
+        return [self.weight]
+
     def matrix(self) -> Tensor:
         """The weight as the crossbar matrix [out_channels, in_channels * taps].
 
