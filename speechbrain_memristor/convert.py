@@ -56,7 +56,7 @@ from speechbrain_memristor.coverage import (
     MatrixCells,
     count_coverage,
 )
-from speechbrain_memristor.crossbar import ChipInventory
+from speechbrain_memristor.crossbar.grouped import matrix_inventory
 from speechbrain_memristor.layers.base import HardwareLayer
 from speechbrain_memristor.layers.matmul import HardwareMatmul
 from speechbrain_memristor.layers.modes import check_execution
@@ -429,10 +429,8 @@ def _coverage(
         mapped += layer.mapped_parameters()
     cells = []
     for matrix in selected:
-        config = configs[matrix.name]
-        per_weight = 2 * config.bit_planes
-        inventory = ChipInventory.of(*matrix.shape, config)
-        cells.append(MatrixCells(matrix.name, inventory.cells, matrix.weight.numel() * per_weight))
+        inventory = matrix_inventory(*matrix.shape, configs[matrix.name], matrix.site.groups)
+        cells.append(MatrixCells(matrix.name, inventory.cells))
     return count_coverage(_roots(model), mapped, [m.weight for m in walk.matrices], cells)
 
 
@@ -447,15 +445,18 @@ def _log_table(
     hardware: HardwareConfig,
     coverage: Coverage,
 ) -> None:
+    # Grouped convolutions: out channels x rows per group (each group's matrix on its own).
     rows = [("layer", "type", "matrix (out x in)", "mapping", "cells", "hardware")]
     for matrix in matrices:
         out_features, in_features = matrix.shape
         config = configs.get(matrix.name)
-        inventory = ChipInventory.of(out_features, in_features, config or hardware)
+        groups = matrix.site.groups
+        inventory = matrix_inventory(out_features, in_features, config or hardware, groups)
+        kind = matrix.site.kind if groups == 1 else f"{matrix.site.kind}, {groups} groups"
         rows.append(
             (
                 matrix.name,
-                matrix.site.kind,
+                kind,
                 f"{out_features} x {in_features}",
                 "digital" if config is None else "hardware",
                 "-" if config is None else f"{inventory.cells:,}",

@@ -6,8 +6,10 @@ crossbars (weight matrices mapped by this or an earlier conversion), digital by 
 norms, embeddings, unsupported layers), the last by ``<module type>.<parameter>``. So the
 percentages are of the whole model. ``cells`` counts the cells the new selection creates; a
 selection needing more than ``max_cells`` (default `CELL_BUDGET_FACTOR` times the cells of the
-whole model mapped once, parameter count x 2 x bit planes) gets a warning naming the layers
-responsible (grouped convolutions mapped block-diagonally are the usual ones).
+whole model mapped once at the base hardware, parameter count x 2 x bit planes; reached by
+per-layer settings with many more weight bits, or a smaller explicit budget) gets a warning
+naming the layers responsible, largest first. Grouped convolutions cost their weights' cells
+(group-wise packing, `crossbar.grouped`), so no layer costs more cells than its parameters.
 """
 
 from __future__ import annotations
@@ -30,11 +32,10 @@ def parameter_type(module: torch.nn.Module, name: str) -> str:
 
 @dataclass(frozen=True)
 class MatrixCells:
-    """Cells one selected matrix needs, against its Parameter's size."""
+    """Cells one selected matrix needs."""
 
     name: str
     cells: int
-    parameter_cells: int  # parameter elements x cells per weight (a dense mapping of them)
 
 
 @dataclass(frozen=True)
@@ -73,32 +74,19 @@ class Coverage:
         )
 
     def responsible(self, count: int = 5) -> list[MatrixCells]:
-        """The matrices that cost the most cells, inflated ones (more cells than their
-        parameters need, e.g. block-diagonal grouped convolutions) first."""
-        return sorted(
-            self.matrices,
-            key=lambda m: (m.cells <= m.parameter_cells, -m.cells),
-        )[:count]
+        """The ``count`` matrices that cost the most cells, largest first."""
+        return sorted(self.matrices, key=lambda matrix: -matrix.cells)[:count]
 
     def cell_warning(self, max_cells: int) -> str | None:
         """A warning when the new cells exceed ``max_cells``, else None."""
         if self.cells <= max_cells:
             return None
-        layers = "; ".join(
-            f"{m.name}: {m.cells:,} cells"
-            + (
-                f" ({m.cells / m.parameter_cells:.0f}x its {m.parameter_cells:,} parameter cells)"
-                if m.cells > m.parameter_cells
-                else ""
-            )
-            for m in self.responsible()
-        )
+        layers = "; ".join(f"{m.name}: {m.cells:,} cells" for m in self.responsible())
         return (
             f"This selection creates {self.cells:,} cells, more than max_cells={max_cells:,} "
             f"(default {CELL_BUDGET_FACTOR}x the cells of the whole model mapped once). Largest: "
-            f"{layers}. Grouped/depthwise convolutions are mapped as block-diagonal matrices; "
-            "exclude them (e.g. exclude=['*.convolution_module.conv', '*.csgu.conv']) or pass "
-            "max_cells to silence this."
+            f"{layers}. Exclude layers, lower their weight_bits in layer_hardware, or pass a "
+            "larger max_cells."
         )
 
 

@@ -29,13 +29,15 @@ from speechbrain_memristor.layers.recurrent import (
 @dataclass(frozen=True)
 class MatrixSite:
     """A weight matrix inside a module: name suffix ('' for the module itself), crossbar shape
-    [out, in], and the extra containing modules its patterns may name."""
+    [out, in] (grouped convolutions: [out, in per group], ``groups`` of them), and the extra
+    containing modules its patterns may name."""
 
     suffix: str
     shape: tuple[int, int]
     role: str  # which of the module's matrices ("weight", "in_proj", "out_proj")
     kind: str  # the type shown in the conversion log
     extra_scopes: tuple[tuple[str, torch.nn.Module], ...] = ()
+    groups: int = 1
 
 
 class ConversionRule:
@@ -85,7 +87,9 @@ class LinearRule(ConversionRule):
 
 
 class ConvolutionRule(ConversionRule):
-    """Conv1d / Conv2d: the crossbar matrix is [out_channels, in_channels * taps]."""
+    """Conv1d / Conv2d: the crossbar matrix is [out_channels, in_channels * taps]; grouped
+    ones hold one [out_channels / groups, in_channels / groups * taps] matrix per group,
+    mapped group-wise (`crossbar.grouped`)."""
 
     replaces_module = True
 
@@ -97,9 +101,9 @@ class ConvolutionRule(ConversionRule):
         return isinstance(module, self.torch_class)
 
     def sites(self, module: torch.nn.Module, name: str) -> list[MatrixSite]:
-        taps = module.weight[0, 0].numel()
-        shape = (module.out_channels, module.in_channels * taps)
-        return [MatrixSite("", shape, "weight", self.torch_class.__name__)]
+        shape = (module.out_channels, module.weight[0].numel())
+        kind = self.torch_class.__name__
+        return [MatrixSite("", shape, "weight", kind, groups=module.groups)]
 
     def map(self, module, names, hardware, execution):
         return self.hardware_class.from_conv(

@@ -175,30 +175,36 @@ def test_coverage_log_counts_the_whole_model(caplog):
     assert again.total == total and again.mapped > first.mapped
 
 
-def test_cell_warning_names_block_diagonal_depthwise_layers(caplog):
-    # Branchformer proportions (upstream: csgu 3072, kernel 31): the cgMLP depthwise
-    # convolution over csgu/2 channels is the block-diagonal blow-up.
+def warnings_of(caplog):
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_everything_costs_its_weights_cells_and_the_budget_warning_names_the_layers(caplog):
+    # Branchformer proportions (upstream: csgu 3072, kernel 31): with block-diagonal depthwise
+    # convolutions include=["*"] needed csgu/2 times the cgMLP convolution's cells.
     wide = {"branchformer_csgu_units": 256, "branchformer_kernel": 15}
     modules = load("branchformer", wide)
-    with caplog.at_level(logging.WARNING, logger="speechbrain_memristor.convert"):
-        convert(copy.deepcopy(modules), HARDWARE, "digital")
-    assert not [r for r in caplog.records if r.levelno == logging.WARNING]  # default: no warning
     planned = coverage(modules, HARDWARE, include=["*"])
     cells_per_weight = 2 * HARDWARE.bit_planes
-    assert planned.cells > 3 * planned.total * cells_per_weight  # the block-diagonal blow-up
+    assert planned.mapped + planned.not_mappable_total == planned.total == parameter_count(modules)
+    assert planned.cells == planned.mapped * cells_per_weight  # group-wise: weights x cells
     with caplog.at_level(logging.WARNING, logger="speechbrain_memristor.convert"):
-        convert(modules, HARDWARE, "digital", include=["*"])
-    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert f"creates {planned.cells:,} cells" in warning
+        convert(copy.deepcopy(modules), HARDWARE, "digital", include=["*"])
+    assert not warnings_of(caplog)  # within the default budget
+    # Per-layer weight bits multiply the cells: 8-bit weights on everything exceed 3x the
+    # model at 3 bits (7 planes instead of 2), and the warning names the largest layers.
+    eight_bits = {"*": {"weight_bits": 8}}
+    with caplog.at_level(logging.WARNING, logger="speechbrain_memristor.convert"):
+        convert(modules, HARDWARE, "digital", include=["*"], layer_hardware=eight_bits)
+    (warning,) = warnings_of(caplog)
+    assert f"creates {planned.cells // 2 * 7:,} cells" in warning
     for layer in range(2):
-        assert f"model.encoder.layers.{layer}.convolution_branch.csgu.conv.conv" in warning
-    # An explicit budget above the selection silences it.
+        assert f"model.encoder.layers.{layer}.convolution_branch.pre_channel_proj" in warning
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="speechbrain_memristor.convert"):
-        convert(
-            load("branchformer", wide), HARDWARE, "digital", include=["*"], max_cells=planned.cells
-        )
-    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+        convert(load("branchformer", wide), HARDWARE, "digital", max_cells=1000)
+    (warning,) = warnings_of(caplog)
+    assert "more than max_cells=1,000" in warning and "pre_channel_proj: 32,768 cells" in warning
 
 
 def test_empty_default_mapping_error_lists_the_matrices_and_never_suggests_everything():
