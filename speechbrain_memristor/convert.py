@@ -4,8 +4,10 @@
 finds every weight matrix it can map and converts the selected ones in place:
 
 - `torch.nn.Linear` (also inside ``speechbrain.nnet.linear.Linear``) -> `MemristorLinear`,
-  `torch.nn.Conv1d` / `Conv2d` -> `MemristorConv1d` / `MemristorConv2d` (the child is replaced
-  by a layer sharing its Parameter objects);
+  `torch.nn.Conv1d` / `Conv2d` -> `MemristorConv1d` / `MemristorConv2d` (grouped ones mapped
+  group-wise), `torch.nn.LSTM` / `GRU` -> `MemristorLSTM` / `MemristorGRU` (one matrix per
+  ``weight_ih_l{k}`` / ``weight_hh_l{k}``); the child is replaced by a layer sharing its
+  Parameter objects;
 - a raw ``in_proj_weight`` applied with F.linear (SpeechBrain ``RelPosMHAXL``, ``RoPEMHA``) and
   the projections of `torch.nn.MultiheadAttention`: the module's class is swapped in place
   (`layers.attention`).
@@ -19,8 +21,9 @@ projection and ``<attention>.out_proj`` for an output projection. A pattern sele
 when it matches (`fnmatch`, ``*`` also spans dots) the matrix's name or the name of any module
 containing it; ``type:<Class>`` matches the class name (or dotted path) of the layer or of any
 containing module. A matrix is mapped when an ``include`` pattern selects it and no ``exclude``
-pattern does. ``include=None`` is `PAPER_CONFORMER_MAPPING`. Names are relative to the root(s)
-given, and each chip is seeded by (hardware seed, name). ``filter_fn(module, name)`` (as in
+pattern does. ``include=None`` is the default mapping for what the model contains (`mappings`:
+the paper's Conformer patterns plus those of each detected architecture). Names are relative
+to the root(s) given, and each chip is seeded by (hardware seed, name). ``filter_fn(module, name)`` (as in
 torchao's ``quantize_``) further restricts the selection: a matrix is mapped only when it also
 returns True for the module holding the matrix and the matrix's qualified name; with
 ``include=None`` and a ``filter_fn``, the filter alone decides (no default mapping).
@@ -32,6 +35,9 @@ earlier ones (later patterns win); the result is the matrix's own validated conf
 `HardwareMatmul.hardware`). A pattern that selects no mapped matrix, an unknown field, ``seed``
 (chips are seeded by the global seed and the layer name) and an invalid resulting config are
 errors naming the pattern (and the layer and field).
+
+Coverage (`coverage`): the log counts every parameter of the model (on crossbars, digital by
+choice, not mappable by type) and warns when the selection creates more than ``max_cells``.
 
 Per-module-type rules (which matrices a module holds, how to map them) live in `rules`.
 """
