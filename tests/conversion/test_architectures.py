@@ -160,6 +160,23 @@ def test_gru_crdnn_and_include_override():
     assert type(modules["model"].RNN.rnn).__name__ == "MemristorGRU"
 
 
+def test_ligru_crdnn_maps_its_linears_per_step():
+    # SpeechBrain's LiGRU (the upstream CRDNN default) applies nn.Linear w (all steps) and u
+    # (every step): the default mapping maps both per layer, through the Linear rule.
+    modules = load("crdnn", "rnn_class: !name:speechbrain.nnet.RNN.LiGRU")
+    reference = copy.deepcopy(modules)
+    convert(modules, HARDWARE, "digital")
+    names = {matmul.name for matmul in hardware_matmuls(modules)}
+    recurrent = {f"model.RNN.rnn.{layer}.{m}" for layer in range(2) for m in ("w", "u")}
+    assert names == recurrent | {"model.DNN.block_0.linear.w", "model.DNN.block_1.linear.w"}
+    modules.eval(), reference.eval()
+    with torch.no_grad():
+        assert torch.equal(run("crdnn", modules)[0], run("crdnn", reference)[0])
+        set_execution(modules, "analog")
+        analog = run("crdnn", modules)[0]
+    assert torch.isfinite(analog).all() and not torch.equal(analog, run("crdnn", reference)[0])
+
+
 def test_coverage_log_counts_the_whole_model(caplog):
     modules = load("crdnn")
     total = parameter_count(modules)
