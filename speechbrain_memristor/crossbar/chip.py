@@ -24,6 +24,7 @@ from speechbrain_memristor.crossbar.periphery import (
 )
 from speechbrain_memristor.crossbar.programming import program_chip
 from speechbrain_memristor.crossbar.read import ReadNoise, ReadPath, tiled_read
+from speechbrain_memristor.crossbar.wires import WireCircuit
 from speechbrain_memristor.physics.calibration import calibrated_current_scale
 from speechbrain_memristor.physics.cell_models import ProgrammingStats, cell_model
 from speechbrain_memristor.physics.noise import ZERO_VOLTAGE_REPLACEMENT, read_noise_model
@@ -165,6 +166,18 @@ class Crossbar(torch.nn.Module):
         self._buffer("beta_lut", F.pad(coefficient * (high - low), (0, 1)))
         self.rare_threshold = float((low / (low - high)).min())
         self._store_rare_cells(states_pos, states_neg)
+        self.wires: WireCircuit | None = None
+        if hardware.wire_resistance > 0:
+            self.wires = WireCircuit(
+                to_tile_major(states_pos, self.layout),
+                to_tile_major(states_neg, self.layout),
+                self.layout,
+                hardware,
+                cells,
+                volts,
+                steps_per_ampere,
+                self.noise_model,
+            )
 
     def _buffer(self, name: str, tensor: Tensor) -> None:
         self.register_buffer(name, tensor.contiguous(), persistent=False)
@@ -239,6 +252,8 @@ class Crossbar(torch.nn.Module):
             raise ValueError(
                 f"inputs must be [N, {self.layout.in_features}], got {tuple(inputs.shape)}."
             )
-        path = ReadPath(self.layout, self.dac, self.adc, self.mean_lut, self.difference)
+        path = ReadPath(
+            self.layout, self.dac, self.adc, self.mean_lut, self.difference, self.wires
+        )
         device = self.difference.device
         return tiled_read(inputs.to(device, torch.float32), input_scale, path, self._noise())

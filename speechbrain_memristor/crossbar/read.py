@@ -34,6 +34,7 @@ from speechbrain_memristor.crossbar.periphery import (
     AnalogToDigitalConverter,
     DigitalToAnalogConverter,
 )
+from speechbrain_memristor.crossbar.wires import WireCircuit
 
 # Reads run in blocks of at most READ_BLOCK_ROWS input rows and as many output columns as keep
 # one [tiles_in * planes, rows, columns] temporary within READ_BLOCK_ELEMENTS (2 MiB in float32;
@@ -69,7 +70,7 @@ class ReadPath:
     ``mean_lut[level]`` (level = DAC code + ``dac.level_offset``; ADC steps per unit of
     ``difference``)
     multiplies ``difference`` [tiles_in * planes, tile_rows, out]; its last entry (0) marks
-    padded rows.
+    padded rows. ``wires``: the tiles' wire resistance (`wires.WireCircuit`; None: ideal).
     """
 
     layout: TileLayout
@@ -77,6 +78,7 @@ class ReadPath:
     adc: AnalogToDigitalConverter
     mean_lut: Tensor
     difference: Tensor
+    wires: WireCircuit | None = None
 
     @property
     def planes(self) -> int:
@@ -100,9 +102,13 @@ def tiled_read(
     block_cols = max(1, min(out_features, READ_BLOCK_ELEMENTS // (batches * block_rows)))
     if READ_BLOCK_COLUMN_MULTIPLE < block_cols < out_features:
         block_cols -= block_cols % READ_BLOCK_COLUMN_MULTIPLE
+    exact = path.wires is not None and path.wires.exact
+    if exact:  # the nodal solve takes whole output tiles (and blocks its own memory)
+        block_cols = min(layout.tile_cols, out_features)
+        buffer_cols = max(block_cols, READ_BLOCK_ELEMENTS // (batches * block_rows))
     absent = path.mean_lut.shape[0] - 1
     column_starts = range(0, out_features, block_cols)
-    buffer_size = batches * block_rows * block_cols
+    buffer_size = batches * block_rows * (buffer_cols if exact else block_cols)
     steps_buffer = inputs.new_empty(buffer_size)
     if noise is not None:  # rare cells of each column block: a slice of the sorted list
         edges = torch.tensor([*column_starts, out_features], device=noise.rare_columns.device)
@@ -130,15 +136,32 @@ def tiled_read(
             size = math.prod(shape)
             steps = steps_buffer[:size].view(shape)
             difference = path.difference[:, :, block]
+            if exact:
+                mean, exact_variance = path.wires.exact_read(tile_levels, tiles, planes, block)
             if noise is None:
-                torch.bmm(mean_coefficients, difference, out=steps)
+                if exact:
+                    steps.copy_(mean)
+                else:
+                    torch.bmm(mean_coefficients, difference, out=steps)
             else:  # steps = noise sample * standard deviation, then + the mean product
                 variance = variance_buffer[:size].view(shape)
-                torch.baddbmm(offset, beta, noise.total[:, :, block], out=variance)
-                rare = slice(rare_edges[index], rare_edges[index + 1])
-                _correct_rare_cells(variance, levels, block, rare, noise)
+                if exact:
+                    variance.copy_(exact_variance)
+                else:
+                    torch.baddbmm(offset, beta, noise.total[:, :, block], out=variance)
+                    rare = slice(rare_edges[index], rare_edges[index + 1])
+                    _correct_rare_cells(variance, levels, block, rare, noise)
                 steps.normal_(generator=noise.generator).mul_(variance.clamp_min_(0.0).sqrt_())
-                steps.baddbmm_(mean_coefficients, difference)
+                if exact:
+                    steps.add_(mean)
+                else:
+                    steps.baddbmm_(mean_coefficients, difference)
+            if path.wires is not None and not exact:
+                steps.add_(
+                    path.wires.first_order_correction(
+                        tile_levels, tiles, planes, difference, block
+                    )
+                )
             path.adc.quantize_steps_(steps)
             shifted = torch.mv(steps.view(batches, -1).t(), shift_weights)
             result[row : row + count, block] = shifted.view(count, -1).mul_(path.adc.step)
