@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 # `CONFIG_VERSION` saved beside it). Bump it when a field is added; `from_saved` fills fields
 # missing from older saves with their defaults.
 CONFIG_VERSION = 3  # 2: initial_cycle_mode, write-verify, stuck-at faults, programming costs
-# 3: wire_resistance, wire_solver
+# 3: wire_resistance, wire_solver, dac_mode
 
 READ_NOISE_MODES = ("off", "physical", "synaptogenml")
 DAC_GRIDS = ("symmetric", "synaptogenml")
@@ -31,6 +31,7 @@ OBSERVERS = ("minmax", "moving_average")
 CELL_MODELS = ("synaptogen", "ideal")
 INITIAL_CYCLE_MODES = ("per_cell", "per_array")
 WIRE_SOLVERS = ("first_order", "exact")
+DAC_MODES = ("parallel", "bit_serial")
 # `HardwareConfig.for_recipe`: the word for an ideal ADC in a recipe's ADC keys.
 IDEAL_ADC = "ideal"
 ADC_FIELDS = ("adc_precision_bits", "adc_range_bits")
@@ -140,6 +141,15 @@ class HardwareConfig:
     read: 100 ns (ISAAC's read cycle, above) and 1 pJ (0.2 V x ~45 uA x 100 ns for an LRS
     cell, rounded up for the sense amplifier).
 
+    ``dac_mode``: "parallel" (default) applies each input code c as one voltage
+    c / M * input_voltage; "bit_serial" applies it bit by bit, as in ISAAC: the DAC code's
+    magnitude bits (B = bit length of M: 7 for the symmetric 8-bit grid, 8 for the authors')
+    are B read pulses, least significant first, each of sign(c) * input_voltage where the
+    bit is 1 and 0 V where it is 0 (sign-magnitude: negative inputs drive negative pulses, so
+    both polarities stay within +-input_voltage as in the parallel mode). Every pulse is a
+    separate read with its own ADC conversions per plane, tile and column; the digital
+    periphery adds the converted bit reads with weights 2^b / M.
+
     Wire resistance (IR drop, `crossbar.wires`): every segment of a row or column line between
     two cells (and between the driver or the sense amplifier and the first cell) has
     ``wire_resistance`` ohms; 0 (the default) is ideal wiring, today's read bit for bit. A
@@ -176,6 +186,7 @@ class HardwareConfig:
     dac_bits: int = 8
     input_voltage: float = 0.6
     dac_grid: str = "symmetric"
+    dac_mode: str = "parallel"  # parallel | bit_serial
     adc_precision_bits: int | None = 4
     adc_range_bits: int | None = 4
     current_scale: float | None = None
@@ -233,6 +244,7 @@ class HardwareConfig:
         _check_int("dac_bits", self.dac_bits, 2, 16)
         self._set_float("input_voltage", 0.0, 1.0, True)
         _check_choice("dac_grid", self.dac_grid, DAC_GRIDS)
+        _check_choice("dac_mode", self.dac_mode, DAC_MODES)
         if (self.adc_precision_bits is None) != (self.adc_range_bits is None):
             _fail(
                 "adc_precision_bits",

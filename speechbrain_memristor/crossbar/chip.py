@@ -139,6 +139,7 @@ class Crossbar(torch.nn.Module):
         self.weight_scale = float(weight_scale)
         self.read_seed = read_seed
         self.dac = DigitalToAnalogConverter.from_config(hardware)
+        self.row_dac = self.dac.pulse_converter()  # what drives the rows (1-bit if serial)
         self.adc = AnalogToDigitalConverter.from_config(hardware)
         self.current_scale = calibrated_current_scale(hardware)
         self.noise_model = read_noise_model(hardware)
@@ -149,7 +150,7 @@ class Crossbar(torch.nn.Module):
         states_pos, states_neg = states_pos.float().cpu(), states_neg.float().cpu()
         cells = cell_model(hardware)
         steps_per_ampere = self.current_scale / self.adc.step
-        volts = self.dac.level_voltages()
+        volts = self.row_dac.level_voltages()
         mean_lut = (cells.high(volts) - cells.low(volts)) * steps_per_ampere
         self._buffer("mean_lut", F.pad(mean_lut, (0, 1)))
         self._buffer("difference", to_tile_major(states_pos - states_neg, self.layout))
@@ -253,7 +254,12 @@ class Crossbar(torch.nn.Module):
                 f"inputs must be [N, {self.layout.in_features}], got {tuple(inputs.shape)}."
             )
         path = ReadPath(
-            self.layout, self.dac, self.adc, self.mean_lut, self.difference, self.wires
+            self.layout, self.row_dac, self.adc, self.mean_lut, self.difference, self.wires
         )
         device = self.difference.device
-        return tiled_read(inputs.to(device, torch.float32), input_scale, path, self._noise())
+        noise = self._noise()
+        return self.dac.read(
+            inputs.to(device, torch.float32),
+            input_scale,
+            lambda rows, scale: tiled_read(rows, scale, path, noise),
+        )

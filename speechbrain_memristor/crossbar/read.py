@@ -217,14 +217,15 @@ def ideal_read(
 
     Each tile and plane gives sum_i (code_i / M) * sign(w) bit_k(|w|) (M the DAC grid's largest
     code, ``dac.max_code``), the value a calibrated chip of ideal cells produces, then the ADC
-    as in the analog read. Emulates the ADC in QAT.
+    as in the analog read (bit by bit in bit-serial mode). Emulates the ADC in QAT.
     """
     device = inputs.device
     layout = TileLayout.from_config(weight_int.shape[1], weight_int.shape[0], hardware)
     dac = DigitalToAnalogConverter.from_config(hardware)
+    rows = dac.pulse_converter()
     adc = AnalogToDigitalConverter.from_config(hardware)
     planes = hardware.bit_planes
     difference = to_tile_major(signed_bit_planes(weight_int, planes), layout).to(device)
-    mean_lut = F.pad(dac.level_codes(device) / (dac.max_code * adc.step), (0, 1))
-    path = ReadPath(layout, dac, adc, mean_lut, difference)
-    return tiled_read(inputs, input_scale, path)
+    mean_lut = F.pad(rows.level_codes(device) / (rows.max_code * adc.step), (0, 1))
+    path = ReadPath(layout, rows, adc, mean_lut, difference)
+    return dac.read(inputs, input_scale, lambda x, scale: tiled_read(x, scale, path))
