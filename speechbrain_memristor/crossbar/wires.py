@@ -308,7 +308,7 @@ class WireCircuit(torch.nn.Module):
             if max(float(r.abs().max()) for r in residual) <= NEWTON_TOLERANCE * scale:
                 return voltage
 
-            def jacobian(x_row: Tensor, x_col: Tensor) -> tuple[Tensor, Tensor]:
+            def jacobian(x_row: Tensor, x_col: Tensor, slope: Tensor = slope):
                 row, col = wire_currents(x_row, x_col)
                 shared = slope * (x_row + x_col)
                 return row + shared, col + shared
