@@ -36,9 +36,10 @@ class ChipInventory:
     """Hardware of one [out, in] weight matrix; conversion counts per input vector.
 
     A bit plane is a differential pair of ``tile_rows`` x ``tile_cols`` arrays (rows =
-    inputs, the last tile zero-padded). DAC conversions: one per driven row of each
-    differential tile pair (planes x tiles_out x in); ADC conversions: one per column, plane
-    and input tile (planes x tiles_in x out); every cell is read once per input vector.
+    inputs, the last tile zero-padded). Per read pulse, DAC conversions: one per driven row of
+    each differential tile pair (planes x tiles_out x in); ADC conversions: one per column,
+    plane and input tile (planes x tiles_in x out); every cell is read once. An input vector
+    takes ``pulses`` reads: 1 (parallel DAC) or the input bits B (bit-serial).
     """
 
     out_features: int
@@ -48,6 +49,7 @@ class ChipInventory:
     tiles_out: int
     tile_rows: int
     tile_cols: int
+    pulses: int = 1
 
     @classmethod
     def of(cls, out_features: int, in_features: int, hardware: HardwareConfig) -> ChipInventory:
@@ -61,6 +63,7 @@ class ChipInventory:
             layout.tiles_out,
             layout.tile_rows,
             layout.tile_cols,
+            DigitalToAnalogConverter.from_config(hardware).read_pulses,
         )
 
     @property
@@ -93,15 +96,15 @@ class ChipInventory:
 
     @property
     def dac_conversions(self) -> int:
-        return self.bit_planes * self.tiles_out * self.in_features
+        return self.pulses * self.bit_planes * self.tiles_out * self.in_features
 
     @property
     def adc_conversions(self) -> int:
-        return self.bit_planes * self.tiles_in * self.out_features
+        return self.pulses * self.bit_planes * self.tiles_in * self.out_features
 
     @property
     def cell_reads(self) -> int:
-        return self.cells
+        return self.pulses * self.cells
 
 
 class Crossbar(torch.nn.Module):

@@ -78,6 +78,11 @@ class DigitalToAnalogConverter:
         """Pulses per input in bit-serial mode: the bit length B of ``max_code``."""
         return self.max_code.bit_length()
 
+    @property
+    def read_pulses(self) -> int:
+        """Reads per input vector: 1 (parallel) or `pulse_bits` (bit-serial)."""
+        return self.pulse_bits if self.bit_serial else 1
+
     def pulse_converter(self) -> DigitalToAnalogConverter:
         """The DAC that drives the rows: itself (parallel) or the 1-bit pulse DAC (codes -1, 0,
         1 at +-input_voltage) of bit-serial mode."""
@@ -92,7 +97,10 @@ class DigitalToAnalogConverter:
         return ((magnitude.unsqueeze(0) >> shifts) & 1).to(codes.dtype) * codes.sign()
 
     def read(
-        self, inputs: Tensor, scale: Tensor | float, read: Callable[[Tensor, Tensor | float], Tensor]
+        self,
+        inputs: Tensor,
+        scale: Tensor | float,
+        read: Callable[[Tensor, Tensor | float], Tensor],
     ) -> Tensor:
         """``read(row inputs, scale)`` [N, out] of inputs [N, in] in this DAC's mode: one read
         (parallel), or one read per input bit, added with weights 2^b / M (bit-serial; the

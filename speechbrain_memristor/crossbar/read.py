@@ -158,9 +158,7 @@ def tiled_read(
                     steps.baddbmm_(mean_coefficients, difference)
             if path.wires is not None and not exact:
                 steps.add_(
-                    path.wires.first_order_correction(
-                        tile_levels, tiles, planes, difference, block
-                    )
+                    path.wires.first_order_correction(tile_levels, tiles, planes, difference, block)
                 )
             path.adc.quantize_steps_(steps)
             shifted = torch.mv(steps.view(batches, -1).t(), shift_weights)
