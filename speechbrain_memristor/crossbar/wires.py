@@ -39,12 +39,13 @@ drops taken at the ideal currents I0. The column correction sum_i g (alpha + bet
 
 with Q = sum_m lambda_m e_m e_m^T its eigendecomposition (the last, bilinear term couples two
 rows of a column; it is kept to the WIRE_SPECTRAL_TERMS largest eigenvalues, which hold
-8/pi^2 = 81 % of the trace with one term and 95 % with four; smooth column profiles, the
-common case since r >= 0, lie almost entirely in the first ones). Per (input tile, plane) the
+8/pi^2 = 81 % of the trace with one term, 90 % with two; smooth column profiles, the
+common case since r >= 0, lie almost entirely in the first ones: on the README's error table
+two terms leave 1.1-1.2 x the error of four, one term 2 x). Per (input tile, plane) the
 terms without r are the same on both sides of the differential pair and cancel; the linear
 ones multiply precomputed differences r+ - r- and r+ P - r- P, (r+ o r+P) - (r- o r-P), and
-the bilinear ones r+ and r- separately: 3 + 2 WIRE_SPECTRAL_TERMS products with per-level
-coefficients, no [batch, in, out] tensor. Its error is second order in r G N^2 (tabulated in
+the bilinear ones r+ and r- separately: 4 + 4 WIRE_SPECTRAL_TERMS products (12) of the
+size of the ideal read's, with per-level coefficients, and no [batch, in, out] tensor. Its error is second order in r G N^2 (tabulated in
 README.md); read noise keeps the closed form at the ideal voltages (the IR drop changes the
 variance by a relative amount of order r G N^2, a second-order effect on the read).
 """
@@ -63,7 +64,7 @@ from speechbrain_memristor.physics.cell_models import CellModel
 from speechbrain_memristor.physics.noise import ReadNoiseModel
 
 # Eigenvalues of the column-sharing matrix Q kept in the first-order bilinear term.
-WIRE_SPECTRAL_TERMS = 4
+WIRE_SPECTRAL_TERMS = 2
 # Exact solve: cell voltages per block (float64; about ten such buffers live at once).
 EXACT_BLOCK_ELEMENTS = 1 << 20
 # Exact solve: Newton stops when the largest nodal current residual is below this fraction of
