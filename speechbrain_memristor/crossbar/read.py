@@ -105,10 +105,9 @@ def tiled_read(
     exact = path.wires is not None and path.wires.exact
     if exact:  # the nodal solve takes whole output tiles (and blocks its own memory)
         block_cols = min(layout.tile_cols, out_features)
-        buffer_cols = max(block_cols, READ_BLOCK_ELEMENTS // (batches * block_rows))
     absent = path.mean_lut.shape[0] - 1
     column_starts = range(0, out_features, block_cols)
-    buffer_size = batches * block_rows * (buffer_cols if exact else block_cols)
+    buffer_size = batches * block_rows * block_cols
     steps_buffer = inputs.new_empty(buffer_size)
     if noise is not None:  # rare cells of each column block: a slice of the sorted list
         edges = torch.tensor([*column_starts, out_features], device=noise.rare_columns.device)
@@ -137,26 +136,17 @@ def tiled_read(
             steps = steps_buffer[:size].view(shape)
             difference = path.difference[:, :, block]
             if exact:
-                mean, exact_variance = path.wires.exact_read(tile_levels, tiles, planes, block)
-            if noise is None:
-                if exact:
-                    steps.copy_(mean)
-                else:
-                    torch.bmm(mean_coefficients, difference, out=steps)
+                _exact_steps_(steps, path, noise, tile_levels, block)
+            elif noise is None:
+                torch.bmm(mean_coefficients, difference, out=steps)
             else:  # steps = noise sample * standard deviation, then + the mean product
                 variance = variance_buffer[:size].view(shape)
-                if exact:
-                    variance.copy_(exact_variance)
-                else:
-                    torch.baddbmm(offset, beta, noise.total[:, :, block], out=variance)
-                    rare = slice(rare_edges[index], rare_edges[index + 1])
-                    _correct_rare_cells(variance, levels, block, rare, noise)
+                torch.baddbmm(offset, beta, noise.total[:, :, block], out=variance)
+                rare = slice(rare_edges[index], rare_edges[index + 1])
+                _correct_rare_cells(variance, levels, block, rare, noise)
                 steps.normal_(generator=noise.generator).mul_(variance.clamp_min_(0.0).sqrt_())
-                if exact:
-                    steps.add_(mean)
-                else:
-                    steps.baddbmm_(mean_coefficients, difference)
-            if path.wires is not None and not exact:
+                steps.baddbmm_(mean_coefficients, difference)
+            if path.wires is not None and not exact:  # first-order IR-drop correction
                 steps.add_(
                     path.wires.first_order_correction(tile_levels, tiles, planes, difference, block)
                 )
@@ -164,6 +154,20 @@ def tiled_read(
             shifted = torch.mv(steps.view(batches, -1).t(), shift_weights)
             result[row : row + count, block] = shifted.view(count, -1).mul_(path.adc.step)
     return result
+
+
+def _exact_steps_(
+    steps: Tensor, path: ReadPath, noise: ReadNoise | None, tile_levels: Tensor, block: slice
+) -> None:
+    """In place: the column ``block``'s steps by the exact nodal solve (`wires.WireCircuit`),
+    plus noise of its exact variance drawn like the closed-form read's."""
+    tiles = path.layout.tiles_in
+    mean, variance = path.wires.exact_read(tile_levels, tiles, path.planes, block)
+    if noise is None:
+        steps.copy_(mean)
+        return
+    steps.normal_(generator=noise.generator).mul_(variance.clamp_min_(0.0).sqrt_())
+    steps.add_(mean)
 
 
 def _per_plane(per_cell: Tensor, tiles: int, planes: int, tile_rows: int) -> Tensor:
