@@ -42,6 +42,7 @@ HARDWARE_KEYS = (
     "stuck_hrs_rate",
     "wire_resistance",
     "wire_solver",
+    "dac_mode",
 )
 PROGRAMMING_KEYS = {
     "initial_cycle_mode": "per_array",
@@ -54,6 +55,7 @@ PROGRAMMING_KEYS = {
     "stuck_hrs_rate": 0.002,
     "wire_resistance": 0.5,
     "wire_solver": "exact",
+    "dac_mode": "bit_serial",
 }
 
 
