@@ -36,6 +36,7 @@ from torch import Tensor
 from speechbrain_memristor.config import HardwareConfig
 from speechbrain_memristor.crossbar.chip import ChipInventory, Crossbar
 from speechbrain_memristor.crossbar.layout import magnitude_bit_planes
+from speechbrain_memristor.crossbar.periphery import DigitalToAnalogConverter
 from speechbrain_memristor.crossbar.programming import program_chip
 from speechbrain_memristor.util.seeding import stable_seed
 
@@ -97,19 +98,22 @@ class GroupPacking:
 @dataclass(frozen=True)
 class GroupedInventory:
     """`ChipInventory`'s counts for a group-wise packed kernel [out_features, in_features]
-    (``in_features``: rows per group); conversions per input vector (one patch)."""
+    (``in_features``: rows per group); conversions per input vector (one patch), over its
+    ``pulses`` reads (1, or the input bits in bit-serial mode)."""
 
     out_features: int
     in_features: int
     bit_planes: int
     packing: GroupPacking
+    pulses: int = 1
 
     @classmethod
     def of(
         cls, groups: int, out_features: int, in_per_group: int, hardware: HardwareConfig
     ) -> GroupedInventory:
         packing = GroupPacking.from_config(groups, out_features, in_per_group, hardware)
-        return cls(out_features, in_per_group, hardware.bit_planes, packing)
+        pulses = DigitalToAnalogConverter.from_config(hardware).read_pulses
+        return cls(out_features, in_per_group, hardware.bit_planes, packing, pulses)
 
     @property
     def tile_rows(self) -> int:
@@ -148,16 +152,16 @@ class GroupedInventory:
     def dac_conversions(self) -> int:
         """One per driven row of each column tile: planes x groups x K x tiles_out."""
         packing = self.packing
-        return self.bit_planes * packing.groups * self.in_features * packing.tiles_out
+        return self.pulses * self.bit_planes * packing.groups * self.in_features * packing.tiles_out
 
     @property
     def adc_conversions(self) -> int:
         """One per column, plane and row chunk: planes x out x tiles_in."""
-        return self.bit_planes * self.out_features * self.packing.tiles_in
+        return self.pulses * self.bit_planes * self.out_features * self.packing.tiles_in
 
     @property
     def cell_reads(self) -> int:
-        return self.cells
+        return self.pulses * self.cells
 
 
 def matrix_inventory(
@@ -207,6 +211,12 @@ class GroupedCrossbar(torch.nn.Module):
             F.pad(states.float(), (0, 0, 0, padding)).reshape(planes, -1, out_per_group)
             for states in (states_pos, states_neg)
         ]
+        if hardware.wire_resistance > 0:
+            raise ValueError(
+                f"HardwareConfig.wire_resistance={hardware.wire_resistance} is not supported for "
+                "grouped convolutions mapped group-wise; set it to 0 for them (layer_hardware "
+                "{'<conv pattern>': {wire_resistance: 0}}) or keep them digital (exclude)."
+            )
         chunked = hardware.replace(tile_rows=self.packing.chunk_rows, tile_cols=0)
         self.chip = Crossbar(*stacked, weight_scale, chunked, read_seed)
         self.weight_scale = self.chip.weight_scale
@@ -242,11 +252,11 @@ class GroupedCrossbar(torch.nn.Module):
 
     def inventory(self) -> GroupedInventory:
         packing = self.packing
-        return GroupedInventory(
+        return GroupedInventory.of(
+            packing.groups,
             packing.groups * packing.out_per_group,
             packing.in_per_group,
-            self.planes,
-            packing,
+            self.hardware,
         )
 
     def states(self) -> tuple[Tensor, Tensor]:
@@ -263,15 +273,21 @@ class GroupedCrossbar(torch.nn.Module):
         return self.chip.rare_cell_count
 
     def read(self, inputs: Tensor, input_scale: Tensor | float = 1.0) -> Tensor:
-        """Values [N, G n] for patches [N, G K] (module doc; units of `Crossbar.read`)."""
-        packing, chip = self.packing, self.chip
-        groups, in_per_group = packing.groups, packing.in_per_group
+        """Values [N, G n] for patches [N, G K] (module doc; units of `Crossbar.read`; in
+        ``dac_mode="bit_serial"`` one read per input bit, as the dense chip)."""
+        groups, in_per_group = self.packing.groups, self.packing.in_per_group
         if inputs.dim() != 2 or inputs.shape[1] != groups * in_per_group:
             raise ValueError(
                 f"inputs must be [N, {groups * in_per_group}], got {tuple(inputs.shape)}."
             )
+        inputs = inputs.to(self.difference_columns.device, torch.float32)
+        return self.chip.dac.read(inputs, input_scale, self._read_rows)
+
+    def _read_rows(self, inputs: Tensor, input_scale: Tensor | float) -> Tensor:
+        """One read of patches [N, G K] through the row DAC (`Crossbar.row_dac`)."""
+        packing, chip = self.packing, self.chip
+        groups, in_per_group = packing.groups, packing.in_per_group
         device = self.difference_columns.device
-        inputs = inputs.to(device, torch.float32)
         chunks, rows = self.difference_columns.shape[:2]
         columns = self.difference_columns.shape[2]
         noise = chip._noise()
@@ -281,8 +297,8 @@ class GroupedCrossbar(torch.nn.Module):
         count_max = max(1, GROUPED_READ_BLOCK_ELEMENTS // (chunks * max(rows, columns)))
         result = inputs.new_empty(inputs.shape[0], groups * packing.out_per_group)
         for start in range(0, inputs.shape[0], count_max):
-            codes = chip.dac.integers(inputs[start : start + count_max], input_scale)
-            levels = codes.add_(chip.dac.level_offset).to(torch.int32)
+            codes = chip.row_dac.integers(inputs[start : start + count_max], input_scale)
+            levels = codes.add_(chip.row_dac.level_offset).to(torch.int32)
             count = levels.shape[0]
             levels = levels.view(count, groups, in_per_group)
             if padding:
@@ -335,6 +351,6 @@ def ideal_grouped_read(
     shape = (hardware.bit_planes, groups, in_per_group, out_features // groups)
     # An ideal cell holding 1 is at r = 0 (LLRS), holding 0 at r = 1 (not conducting).
     states = [(1.0 - (bits & mask).float()).view(shape) for mask in (weight_t > 0, weight_t < 0)]
-    ideal = hardware.replace(cell_model="ideal", read_noise="off")
+    ideal = hardware.replace(cell_model="ideal", read_noise="off", wire_resistance=0.0)
     chip = GroupedCrossbar(*states, 1.0, ideal, read_seed=0).to(inputs.device)
     return chip.read(inputs, input_scale)

@@ -62,14 +62,21 @@ def test_group_wise_chip_equals_block_diagonal_chip_on_the_same_states(
         torch.testing.assert_close(got, want)
 
 
-@pytest.mark.parametrize("read_noise", ["off", "physical"])
-def test_group_wise_read_is_one_chip_per_group_with_adc_and_noise(read_noise):
+@pytest.mark.parametrize(
+    ("read_noise", "dac_mode"),
+    [("off", "parallel"), ("off", "bit_serial"), ("physical", "parallel")],
+)
+def test_group_wise_read_is_one_chip_per_group_with_adc_and_noise(read_noise, dac_mode):
     # Each group on its own chip [n, K] with the same states and tiles: identical means and
     # ADC (exactly the same partial sums per row chunk), identical noise statistics.
     # With noise: an ideal ADC, so that the noise (smaller than an ADC step here) shows.
     adc = (3, 4) if read_noise == "off" else (None, None)
     hardware = HardwareConfig(
-        read_noise=read_noise, tile_rows=8, adc_precision_bits=adc[0], adc_range_bits=adc[1]
+        read_noise=read_noise,
+        tile_rows=8,
+        adc_precision_bits=adc[0],
+        adc_range_bits=adc[1],
+        dac_mode=dac_mode,
     )
     groups, rows, cols = 3, 12, 2
     kernel = torch.randint(-3, 4, (groups * cols, rows))
@@ -98,6 +105,12 @@ def test_group_wise_read_is_one_chip_per_group_with_adc_and_noise(read_noise):
     assert ((spread_got - spread_want).abs() <= 0.15 * spread_want).all()
 
 
+def test_wire_resistance_is_refused_with_the_fix():
+    pos, neg = random_states(2, 3, 4, 1)
+    with pytest.raises(ValueError, match=r"wire_resistance=2.0 .*layer_hardware"):
+        GroupedCrossbar(pos, neg, 1.0, HardwareConfig(wire_resistance=2.0), read_seed=0)
+
+
 def test_packing_inventory_counts_weights_not_channels_squared():
     hardware = HardwareConfig()  # 128 x 128 tiles, 3-bit weights: 2 planes
     # A depthwise Conformer convolution: 384 channels, kernel 31.
@@ -110,6 +123,10 @@ def test_packing_inventory_counts_weights_not_channels_squared():
     assert inventory.arrays == 2 * hardware.bit_planes * 96
     assert inventory.utilization == pytest.approx(inventory.cells / (inventory.arrays * 128 * 128))
     assert inventory.adc_conversions == hardware.bit_planes * 384
+    serial = GroupedInventory.of(384, 384, 31, hardware.replace(dac_mode="bit_serial"))
+    bits = (2 ** (hardware.dac_bits - 1) - 1).bit_length()  # max code 127: 7 pulses
+    assert serial.pulses == bits and serial.adc_conversions == bits * inventory.adc_conversions
+    assert serial.cell_reads == bits * inventory.cells and serial.cells == inventory.cells
     # A group too large for one tile gets its own tiles: 2 row chunks x 2 column tiles.
     big = GroupPacking.from_config(2, 2 * 200, 150, hardware)
     assert (big.tiles_in, big.tiles_out, big.groups_per_tile, big.tiles) == (2, 2, 1, 8)
