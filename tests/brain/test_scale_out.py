@@ -3,20 +3,17 @@ process, byte for byte; one chip on 2 ranks shards the data and merges the error
 the whole split's WER; the sharding rules and their errors."""
 
 import json
-import os
 import pathlib
 
 import pytest
-import speechbrain as sb
 import torch
 from test_brain import RUN_OPTS, CTCBrain, load_hparams, make_brain, toy_dataset
-from test_ddp import free_port
+from test_ddp import WORLD_SIZE, free_port, init_rank
 
 from speechbrain_memristor.brain import MemristorHook
 from speechbrain_memristor.brain.scale_out import passes_of_rank, shard_dataset, shards_chips
 from speechbrain_memristor.config import HardwareConfig
 
-WORLD_SIZE = 2
 UTTERANCES = 5  # shards of 3 and 2 utterances: a mean of shard WERs is not the split's WER
 TABLE_SUFFIXES = ("json", "csv", "md")
 
@@ -60,15 +57,7 @@ def evaluate(brain, table_folder) -> list:
 
 def worker(rank: int, port: int, folder: str, mode: str) -> None:
     """One torchrun-like rank: evaluate, save the chips it read and the merged WER stats."""
-    os.environ.update(
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(WORLD_SIZE),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
-    torch.set_num_threads(1)
-    sb.utils.distributed.ddp_init_group({"distributed_backend": "gloo"})
+    init_rank(rank, port)
     try:
         brain = build_brain(folder, mode)
         seeds = evaluate(brain, pathlib.Path(folder) / "ranks")
