@@ -188,7 +188,8 @@ class Crossbar(torch.nn.Module):
         """Program integer weights [out, in] (in [-Q_w, Q_w]) onto fresh cells, on the CPU
         (`programming.program_chip`; its statistics in ``programming``). The chip is a pure
         function of (weights, hardware, chip_seed)."""
-        states_pos, states_neg, stats = program_chip(weight_int, hardware, chip_seed)
+        with torch.autocast("cpu", enabled=False):  # float32 states under a bf16 recipe too
+            states_pos, states_neg, stats = program_chip(weight_int, hardware, chip_seed)
         chip = cls(states_pos, states_neg, weight_scale, hardware, stable_seed(chip_seed, "read"))
         chip.programming = stats
         return chip
@@ -234,11 +235,13 @@ class Crossbar(torch.nn.Module):
         """Values [N, out] for inputs [N, in] (DAC codes `DigitalToAnalogConverter.integers`
         of inputs / input_scale), in units of sum_i code_i / M * w_int_io (M =
         ``dac.max_code``; on the symmetric grid an ``input_scale`` of 1.0 passes integer codes
-        through)."""
+        through). Always float32, also under autocast."""
         if inputs.dim() != 2 or inputs.shape[1] != self.layout.in_features:
             raise ValueError(
                 f"inputs must be [N, {self.layout.in_features}], got {tuple(inputs.shape)}."
             )
         path = ReadPath(self.layout, self.dac, self.adc, self.mean_lut, self.difference)
         device = self.difference.device
-        return tiled_read(inputs.to(device, torch.float32), input_scale, path, self._noise())
+        # The read is float32 even under fp16/bf16 autocast (integer ADC codes add exactly).
+        with torch.autocast(device.type, enabled=False):
+            return tiled_read(inputs.to(device, torch.float32), input_scale, path, self._noise())
