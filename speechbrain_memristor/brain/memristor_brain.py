@@ -10,7 +10,8 @@ recipe's ``on_stage_start`` and ``on_stage_end`` are wrapped when the class is d
 often override them without calling super), so that every training and validation stage
 starts in its execution mode and every training stage ends with the DDP ranks' quantizer
 ranges merged (once per epoch). ``evaluate`` runs the test set once per entry of the hook's
-evaluation plan and writes the result table (main process only).
+evaluation plan and writes the result table (main process only); under torchrun the passes
+(chips) or the test data are spread over the ranks (`speechbrain_memristor.brain.scale_out`).
 """
 
 from __future__ import annotations
