@@ -145,9 +145,9 @@ def bench_shape(
         )
 
 
-def bench_programming(repeats: int = 3) -> None:
+def bench_programming(repeats: int = 3, device: torch.device = CPU) -> None:
     """Programming throughput with write-verify off (the default) and on (default windows),
-    interleaved, medians over ``repeats``, and their ratio."""
+    interleaved, medians over ``repeats``, and their ratio; the device model on ``device``."""
     generator = torch.Generator().manual_seed(0)
     weight_int = torch.randint(-3, 4, (2048, 512), generator=generator).float()
     weights = weight_int.numel()
@@ -158,7 +158,8 @@ def bench_programming(repeats: int = 3) -> None:
         for verify in (False, True):
             hardware = HardwareConfig(weight_bits=3, write_verify=verify)
             start, cpu_start = time.perf_counter(), time.process_time()
-            chips[verify] = Crossbar.program(weight_int, 1.0, hardware, chip_seed=0)
+            chips[verify] = Crossbar.program(weight_int, 1.0, hardware, 0, device=device)
+            synchronize(device)
             times[verify].append(time.perf_counter() - start)
             cpu_times[verify].append(time.process_time() - cpu_start)
     for verify in (False, True):
@@ -169,7 +170,7 @@ def bench_programming(repeats: int = 3) -> None:
             f"; attempts {list(stats.attempts)}, unverified {stats.unverified}" if verify else ""
         )
         print(
-            f"programming{' with write-verify' if verify else ''}: {weights / 1e6:.2f} M weights "
+            f"programming on {device.type}{' with write-verify' if verify else ''}: {weights / 1e6:.2f} M weights "
             f"({cells / 1e6:.1f} M cells) in {seconds:.2f} s = {cells / seconds / 1e6:.2f} M "
             f"cells/s; 40 M-weight model (3 bits, {4 * MODEL_WEIGHTS / 1e6:.0f} M cells): "
             f"~{seconds / weights * MODEL_WEIGHTS:.0f} s{extra}"
@@ -201,7 +202,7 @@ def main() -> None:
     if not args.programming_only:
         for in_features, out_features in SHAPES:
             bench_shape(in_features, out_features, args.frames, args.repeats, device)
-    bench_programming(args.programming_repeats)
+    bench_programming(args.programming_repeats, device)
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ echo "| check | result |"
 echo "| --- | --- |"
 echo "| CUDA tests | $(tail -1 "$LOGS/cuda_tests.log") |"
 grep -h " noise=" "$LOGS/bench_linear.log" | sed -E 's/^(.*noise=[a-z]+).*ratio +([0-9.]+x).*/| linear \1 | analog \/ F.linear \2 |/'
-grep -h "^programming" "$LOGS/bench_linear.log" | sed -E 's/^([^:]*): (.*)$/| \1 | \2 |/'
+grep -h "^programming on" "$LOGS/bench_linear.log" | sed -E 's/^([^:]*): (.*)$/| \1 | \2 |/'
 for noise in physical off; do
     log="$LOGS/bench_conformer_$noise.log"
     grep -h "^programming" "$log" | sed -E "s/^programming: (.*)$/| encoder programming | \1 |/"

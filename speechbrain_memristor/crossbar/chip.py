@@ -183,13 +183,24 @@ class Crossbar(torch.nn.Module):
 
     @classmethod
     def program(
-        cls, weight_int: Tensor, weight_scale: float, hardware: HardwareConfig, chip_seed: int
+        cls,
+        weight_int: Tensor,
+        weight_scale: float,
+        hardware: HardwareConfig,
+        chip_seed: int,
+        device: torch.device | str | None = None,
     ) -> Crossbar:
-        """Program integer weights [out, in] (in [-Q_w, Q_w]) onto fresh cells, on the CPU
-        (`programming.program_chip`; its statistics in ``programming``). The chip is a pure
-        function of (weights, hardware, chip_seed)."""
-        with torch.autocast("cpu", enabled=False):  # float32 states under a bf16 recipe too
-            states_pos, states_neg, stats = program_chip(weight_int, hardware, chip_seed)
+        """Program integer weights [out, in] (in [-Q_w, Q_w]) onto fresh cells
+        (`programming.program_chip`; its statistics in ``programming``), the device model
+        running on ``device`` (None, the default: the CPU, so that a chip is the same whatever
+        device reads it; a CUDA device is faster but draws other random numbers). The chip is
+        a pure function of (weights, hardware, chip_seed, programming device type)."""
+        device_type = torch.device("cpu" if device is None else device).type
+        with (
+            torch.autocast("cpu", enabled=False),  # float32 states under a bf16 recipe too
+            torch.autocast(device_type, enabled=False),
+        ):
+            states_pos, states_neg, stats = program_chip(weight_int, hardware, chip_seed, device)
         chip = cls(states_pos, states_neg, weight_scale, hardware, stable_seed(chip_seed, "read"))
         chip.programming = stats
         return chip

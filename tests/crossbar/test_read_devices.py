@@ -72,3 +72,44 @@ def test_cuda_read_with_noise_is_seeded_per_chip():
         reads.append(chip.read(codes.cuda()))
     assert torch.equal(reads[0], reads[1])
     assert not torch.equal(reads[0], chip.read(codes.cuda()))  # a second read: fresh noise
+
+
+def test_programming_device_cpu_is_the_default_chip():
+    weight_int, _ = weights_and_inputs()
+    default = Crossbar.program(weight_int, 0.1, HARDWARE, 3).states()
+    explicit = Crossbar.program(weight_int, 0.1, HARDWARE, 3, device="cpu").states()
+    assert all(torch.equal(a, b) for a, b in zip(default, explicit, strict=True))
+
+
+def bit_states(chip, weight_int):
+    """States of the cells holding 1 and of those holding 0 (positive and negative side)."""
+    r_pos, r_neg = chip.states()
+    magnitude, planes = weight_int.t().abs(), chip.planes
+    bits = torch.stack([(magnitude >> plane) & 1 for plane in range(planes)]).bool()
+    ones = torch.cat([r_pos[bits & (weight_int.t() > 0)], r_neg[bits & (weight_int.t() < 0)]])
+    zeros = torch.cat([r_pos[~bits | (weight_int.t() <= 0)], r_neg[~bits | (weight_int.t() >= 0)]])
+    return ones, zeros
+
+
+@CUDA
+@pytest.mark.parametrize("write_verify", [False, True])
+def test_cuda_programming_is_seeded_and_matches_cpu_statistics(write_verify):
+    """Programming on CUDA: the same chip for the same seed; its LRS (1) and HRS (0) states
+    follow the CPU programming's distribution: means within 5 standard errors (about 1e4
+    cells each, a chance failure ~1e-6), write-verify statistics complete."""
+    hardware = HARDWARE.replace(write_verify=write_verify, initial_cycles=1)
+    generator = torch.Generator().manual_seed(1)
+    weight_int = torch.randint(-7, 8, (96, 128), generator=generator)
+    on_cuda = Crossbar.program(weight_int, 0.1, hardware, 3, device="cuda")
+    again = Crossbar.program(weight_int, 0.1, hardware, 3, device="cuda")
+    assert all(torch.equal(a, b) for a, b in zip(on_cuda.states(), again.states(), strict=True))
+    on_cpu = Crossbar.program(weight_int, 0.1, hardware, 3)
+    for cuda_states, cpu_states in zip(
+        bit_states(on_cuda, weight_int), bit_states(on_cpu, weight_int), strict=True
+    ):
+        error = cuda_states.var() / cuda_states.numel() + cpu_states.var() / cpu_states.numel()
+        assert abs(cuda_states.mean() - cpu_states.mean()) < 5 * error.sqrt()
+    stats = on_cuda.programming
+    assert stats.cells == on_cuda.inventory().cells
+    if write_verify:
+        assert sum(stats.attempts) + stats.unverified == stats.cells
