@@ -30,7 +30,6 @@ from speechbrain.lobes.models.transformer.TransformerASR import TransformerASR
 from speechbrain_memristor.config import HardwareConfig
 from speechbrain_memristor.convert import convert, hardware_matmuls, program, set_execution
 
-
 FRAME_SECONDS = 0.04  # one encoder frame: 10 ms features after 4x subsampling
 TEDLIUM2_TEST_HOURS = 2.6  # the TED-LIUM release 2 test split (1157 utterances)
 
