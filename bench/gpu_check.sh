@@ -72,7 +72,7 @@ grep -h "^programming on" "$LOGS/bench_linear.log" | sed -E 's/^([^:]*): (.*)$/|
 for noise in physical off; do
     log="$LOGS/bench_conformer_$noise.log"
     grep -h "^programming" "$log" | sed -E "s/^programming: (.*)$/| encoder programming | \1 |/"
-    grep -hE "^(digital|fake_quant|analog) " "$log" | awk -v n="$noise" \
+    grep -hE "^(digital|fake_quant|analog) +[0-9]" "$log" | awk -v n="$noise" \
         '{printf "| encoder %s (noise %s) | %s s, %s x digital |\n", $1, n, $2, $3}'
     grep -h "^TED-LIUM 2.*analog" "$log" | sed -E "s/^(.*): (.*)$/| \1 (noise $noise) | \2 |/"
 done
