@@ -13,7 +13,9 @@ Builds the paper's Conformer encoder (SpeechBrain TransformerASR, conformer, Rel
   reset through /proc/self/clear_refs).
 
 Usage: python bench/bench_conformer.py [--layers 12] [--batch 4] [--frames 250]
-       [--preset paper] [--repeats 3] [--threads 2]
+       [--preset paper] [--read-noise off] [--repeats 3] [--threads 2] [--device cuda]
+
+On CUDA, times are taken after synchronizing and memory is CUDA's peak allocation.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from speechbrain.lobes.models.transformer.TransformerASR import TransformerASR
 
 from speechbrain_memristor.config import HardwareConfig
 from speechbrain_memristor.convert import convert, hardware_matmuls, program, set_execution
+
+FRAME_SECONDS = 0.04  # one encoder frame: 10 ms features after 4x subsampling
+TEDLIUM2_TEST_HOURS = 2.6  # the TED-LIUM release 2 test split (1157 utterances)
 
 
 def peak_rss_reset() -> bool:
@@ -70,20 +75,32 @@ def build_encoder(layers: int) -> TransformerASR:
 
 
 def time_forward(model: TransformerASR, features: torch.Tensor, repeats: int) -> tuple[float, int]:
-    """(best seconds per forward, peak RSS increase in KiB over the level before).
+    """(best seconds per forward, peak memory increase in KiB over the level before: RSS on
+    the CPU, CUDA's peak allocation on a GPU).
 
     One untimed pass first (lazy programming, allocator warm-up).
     """
+    cuda = features.is_cuda
     with torch.no_grad():
         model.encode(features, None)
-    reset = peak_rss_reset()
-    before = rss_kib("VmRSS")
+    if cuda:
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        reset = True
+    else:
+        reset = peak_rss_reset()
+        before = rss_kib("VmRSS")
     best = float("inf")
     with torch.no_grad():
         for _ in range(repeats):
             start = time.perf_counter()
             model.encode(features, None)
+            if cuda:
+                torch.cuda.synchronize()
             best = min(best, time.perf_counter() - start)
+    if cuda:
+        return best, (torch.cuda.max_memory_allocated() - before) // 1024
     return best, (rss_kib("VmHWM") - before) if reset else -1
 
 
@@ -95,20 +112,26 @@ def main() -> None:
     parser.add_argument("--preset", default="paper")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--read-noise", default=None, help="override the preset's read_noise")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(0)
 
-    model = build_encoder(args.layers)
-    features = torch.randn(args.batch, args.frames, 384)
-    convert(model, HardwareConfig.preset(args.preset), execution="digital")
+    model = build_encoder(args.layers).to(args.device)
+    features = torch.randn(args.batch, args.frames, 384).to(args.device)
+    hardware = HardwareConfig.preset(args.preset)
+    if args.read_noise is not None:
+        hardware = hardware.replace(read_noise=args.read_noise)
+    convert(model, hardware, execution="digital")
     matmuls = hardware_matmuls(model)
     weights = sum(p.numel() for p in model.encoder.parameters())
     print(
         f"Conformer encoder: {args.layers} layers, d_model 384, FFN 1536, {weights / 1e6:.1f} M "
         f"parameters, {len(matmuls)} mapped matrices; input [{args.batch}, {args.frames}, 384]; "
-        f"preset {args.preset!r}; {args.threads} threads; best of {args.repeats}"
+        f"preset {args.preset!r}, read noise {hardware.read_noise}; {args.device}, "
+        f"{args.threads} threads; best of {args.repeats}"
     )
 
     timings = {}
@@ -118,6 +141,8 @@ def main() -> None:
 
     start = time.perf_counter()
     program(model)
+    if features.is_cuda:
+        torch.cuda.synchronize()
     programming = time.perf_counter() - start
     chip_bytes = sum(
         buffer.numel() * buffer.element_size() for m in matmuls for buffer in m.chip.buffers()
@@ -131,11 +156,19 @@ def main() -> None:
     timings["analog"] = time_forward(model, features, args.repeats)
 
     digital = timings["digital"][0]
-    print(f"{'mode':<11} {'forward s':>10} {'x digital':>10} {'peak RSS +MiB':>14}")
+    memory = "peak CUDA +MiB" if features.is_cuda else "peak RSS +MiB"
+    print(f"{'mode':<11} {'forward s':>10} {'x digital':>10} {memory:>14}")
     for mode, (seconds, peak_kib) in timings.items():
         peak = f"{peak_kib / 1024:.0f}" if peak_kib >= 0 else "n/a"
         print(f"{mode:<11} {seconds:>10.3f} {seconds / digital:>10.2f} {peak:>14}")
     print(f"analog / digital = {timings['analog'][0] / digital:.2f} (target <= 6 on 2 cores)")
+    audio_seconds = args.batch * args.frames * FRAME_SECONDS
+    for mode, (seconds, _) in timings.items():
+        print(
+            f"TED-LIUM 2 test split ({TEDLIUM2_TEST_HOURS} h, 1157 utterances) encoder pass, "
+            f"{mode}, extrapolated from this throughput: "
+            f"{seconds / audio_seconds * TEDLIUM2_TEST_HOURS * 3600:.0f} s"
+        )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """Analog MemristorLinear vs F.linear: forward time, peak memory, programming throughput.
 
-Usage: python bench/bench_linear.py [--threads 2] [--frames 1600] [--repeats 7]
+Usage: python bench/bench_linear.py [--threads 2] [--frames 1600] [--repeats 7] [--device cpu]
+
+On CUDA (``--device cuda``) the forwards run on the GPU (timed between synchronizations) and
+peak memory is CUDA's peak allocation; programming is timed as it runs (`Crossbar.program`).
 
 Everything is measured in this one process. Times are medians over interleaved repeats (the
 analog and digital runs alternate, so machine load affects both alike). Peak memory is the
@@ -41,6 +44,7 @@ from speechbrain_memristor.layers.linear import MemristorLinear
 
 SHAPES = ((512, 2048), (384, 1536))
 MODEL_WEIGHTS = 40_000_000
+CPU = torch.device("cpu")
 
 
 def peak_forward_bytes(run) -> int:
@@ -62,19 +66,39 @@ def peak_forward_bytes(run) -> int:
     return max((args["Total Allocated"] for args in cpu), default=0)
 
 
-def median_seconds(run, repeats: int) -> list[float]:
+def peak_cuda_bytes(run) -> int:
+    """Peak CUDA bytes allocated above the starting level while ``run()`` executes."""
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    run()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - before
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(run, repeats: int, device: torch.device = CPU) -> list[float]:
     times = []
     for _ in range(repeats):
+        synchronize(device)
         start = time.perf_counter()
         run()
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return times
 
 
-def bench_shape(in_features: int, out_features: int, frames: int, repeats: int) -> None:
+def bench_shape(
+    in_features: int, out_features: int, frames: int, repeats: int, device: torch.device = CPU
+) -> None:
     torch.manual_seed(0)
-    linear = torch.nn.Linear(in_features, out_features)
-    x = torch.randn(frames, in_features)
+    linear = torch.nn.Linear(in_features, out_features).to(device)
+    x = torch.randn(frames, in_features).to(device)
+    peak_bytes = peak_cuda_bytes if device.type == "cuda" else peak_forward_bytes
     for noise in ("physical", "off"):
         hardware = HardwareConfig(
             weight_bits=3,
@@ -101,18 +125,18 @@ def bench_shape(in_features: int, out_features: int, frames: int, repeats: int) 
 
             analog_times, digital_times = [], []
             for _ in range(repeats):
-                analog_times += median_seconds(analog, 1)
-                digital_times += median_seconds(digital, 1)
+                analog_times += median_seconds(analog, 1, device)
+                digital_times += median_seconds(digital, 1, device)
             analog_s = statistics.median(analog_times)
             digital_s = statistics.median(digital_times)
-            analog_peak = peak_forward_bytes(analog)
-            digital_peak = peak_forward_bytes(digital)
+            analog_peak = peak_bytes(analog)
+            digital_peak = peak_bytes(digital)
         chip = layer.matmul.chip
         matmul_work = (
             chip.planes * chip.layout.padded_in / in_features * (1 if noise == "off" else 2)
         )
         print(
-            f"{in_features:4d}->{out_features:<5d} noise={noise:8s} frames={frames}: "
+            f"{device.type} {in_features:4d}->{out_features:<5d} noise={noise:8s} frames={frames}: "
             f"analog {analog_s * 1e3:7.1f} ms, F.linear {digital_s * 1e3:6.1f} ms, "
             f"ratio {analog_s / digital_s:5.2f}x (work {matmul_work:.0f}x) | peak alloc analog "
             f"{analog_peak / 2**20:6.1f} MiB, F.linear {digital_peak / 2**20:5.1f} MiB, "
@@ -121,9 +145,9 @@ def bench_shape(in_features: int, out_features: int, frames: int, repeats: int) 
         )
 
 
-def bench_programming(repeats: int = 3) -> None:
+def bench_programming(repeats: int = 3, device: torch.device = CPU) -> None:
     """Programming throughput with write-verify off (the default) and on (default windows),
-    interleaved, medians over ``repeats``, and their ratio."""
+    interleaved, medians over ``repeats``, and their ratio; the device model on ``device``."""
     generator = torch.Generator().manual_seed(0)
     weight_int = torch.randint(-3, 4, (2048, 512), generator=generator).float()
     weights = weight_int.numel()
@@ -134,7 +158,8 @@ def bench_programming(repeats: int = 3) -> None:
         for verify in (False, True):
             hardware = HardwareConfig(weight_bits=3, write_verify=verify)
             start, cpu_start = time.perf_counter(), time.process_time()
-            chips[verify] = Crossbar.program(weight_int, 1.0, hardware, chip_seed=0)
+            chips[verify] = Crossbar.program(weight_int, 1.0, hardware, 0, device=device)
+            synchronize(device)
             times[verify].append(time.perf_counter() - start)
             cpu_times[verify].append(time.process_time() - cpu_start)
     for verify in (False, True):
@@ -145,7 +170,7 @@ def bench_programming(repeats: int = 3) -> None:
             f"; attempts {list(stats.attempts)}, unverified {stats.unverified}" if verify else ""
         )
         print(
-            f"programming{' with write-verify' if verify else ''}: {weights / 1e6:.2f} M weights "
+            f"programming on {device.type}{' with write-verify' if verify else ''}: {weights / 1e6:.2f} M weights "
             f"({cells / 1e6:.1f} M cells) in {seconds:.2f} s = {cells / seconds / 1e6:.2f} M "
             f"cells/s; 40 M-weight model (3 bits, {4 * MODEL_WEIGHTS / 1e6:.0f} M cells): "
             f"~{seconds / weights * MODEL_WEIGHTS:.0f} s{extra}"
@@ -209,8 +234,10 @@ def main() -> None:
     parser.add_argument(
         "--circuit-only", action="store_true", help="only the IR-drop and bit-serial reads"
     )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] for the forwards")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load}")
     if args.circuit_only:
@@ -219,9 +246,10 @@ def main() -> None:
         return
     if not args.programming_only:
         for in_features, out_features in SHAPES:
-            bench_shape(in_features, out_features, args.frames, args.repeats)
-            bench_circuit_modes(in_features, out_features, args.frames, args.repeats)
-    bench_programming(args.programming_repeats)
+            bench_shape(in_features, out_features, args.frames, args.repeats, device)
+            if device.type == "cpu":  # the IR-drop and bit-serial reads are timed on the CPU
+                bench_circuit_modes(in_features, out_features, args.frames, args.repeats)
+    bench_programming(args.programming_repeats, device)
 
 
 if __name__ == "__main__":

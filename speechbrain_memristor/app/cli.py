@@ -237,7 +237,26 @@ def _add_sweep(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="the recipe's train.py (default: the bundled TED-LIUM 2 recipe's)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help=(
+            "grid points evaluated at once, each a recipe process (default: one per CUDA GPU, "
+            "each point on its worker's GPU; 1 without GPUs)"
+        ),
+    )
     parser.set_defaults(handler=_run_sweep)
+
+
+def _sweep_workers(workers: int | None) -> dict:
+    """``Sweep.run`` arguments: ``workers`` (default: the CUDA GPUs, else 1) and, with GPUs,
+    one device per worker slot."""
+    import torch
+
+    gpus = torch.cuda.device_count()
+    devices = [f"cuda:{index}" for index in range(gpus)] or None
+    return {"workers": workers or max(gpus, 1), "devices": devices}
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
@@ -262,7 +281,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
             float_run=Path(args.float_run) if args.float_run else None,
             train_script=Path(train_script),
         )
-        results = sweep.run()
+        results = sweep.run(**_sweep_workers(args.workers))
     except (OSError, RunError, SweepError) as error:
         print(f"{PROGRAM} sweep: error: {error}", file=sys.stderr)
         return 1

@@ -10,7 +10,8 @@ recipe's ``on_stage_start`` and ``on_stage_end`` are wrapped when the class is d
 often override them without calling super), so that every training and validation stage
 starts in its execution mode and every training stage ends with the DDP ranks' quantizer
 ranges merged (once per epoch). ``evaluate`` runs the test set once per entry of the hook's
-evaluation plan and writes the result table (main process only).
+evaluation plan and writes the result table (main process only); under torchrun the passes
+(chips) or the test data are spread over the ranks (`speechbrain_memristor.brain.scale_out`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,17 @@ from torch.utils.data import DataLoader
 
 from speechbrain_memristor.brain.hook import MemristorHook, find_hook
 from speechbrain_memristor.brain.results import EvaluationRun
+from speechbrain_memristor.brain.scale_out import (
+    calibrate_as_one_process,
+    gather,
+    merge_shards,
+    passes_of_rank,
+    rank_local,
+    shard_loader,
+    shard_result,
+    shards_chips,
+    world,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -111,22 +123,49 @@ class MemristorBrain(sb.Brain):
             loader_kwargs = dict(test_loader_kwargs or {})
             loader_kwargs["ckpt_prefix"] = None
             test_set = self.make_dataloader(test_set, sb.Stage.TEST, **loader_kwargs)
-        runs = []
-        for execution, seed in hook.evaluation_plan():
-            hook.use(execution, seed)
-            logger.info(
-                "Memristor evaluation: %s%s",
-                execution,
-                "" if seed is None else f", chip seed {seed}",
-            )
-            loss = super().evaluate(test_set, max_key, min_key, progressbar)
-            runs.append(EvaluationRun(execution, seed, float(loss), hook.read_metric(self)))
+        plan = hook.evaluation_plan()
+        passes = (max_key, min_key, progressbar)
+        rank, world_size = world()
+        if world_size == 1:
+            runs = [self._evaluation_pass(*entry, test_set, *passes) for entry in plan]
+        elif shards_chips(plan, world_size):  # this rank's passes, gathered in plan order
+            with rank_local(self):
+                calibrate_as_one_process(self, plan, test_set, max_key, min_key)
+                mine = {
+                    index: self._evaluation_pass(*plan[index], test_set, *passes)
+                    for index in passes_of_rank(plan, rank, world_size)
+                }
+            gathered = {index: run for part in gather(mine) for index, run in part.items()}
+            runs = [gathered[index] for index in range(len(plan))]
+        else:  # every pass on this rank's shard; scores merged over the whole split
+            with rank_local(self):
+                calibrate_as_one_process(self, plan, test_set, max_key, min_key)
+            shard = shard_loader(test_set, rank, world_size)
+            runs = []
+            for execution, seed in plan:
+                with rank_local(self):
+                    run = self._evaluation_pass(execution, seed, shard, *passes)
+                    result = shard_result(self, hook.metric, run.loss, len(shard))
+                loss = merge_shards(self, hook.metric, gather(result))
+                runs.append(EvaluationRun(execution, seed, loss, hook.read_metric(self)))
         hook.use_stage(sb.Stage.TEST)
         if if_main_process():
             paths = hook.write_tables(folder, table_name, runs)
             logger.info("Memristor evaluation table: %s", paths["md"])
         losses = [run.loss for run in runs if run.execution == hook.test_execution]
         return statistics.fmean(losses)
+
+    def _evaluation_pass(
+        self, execution: str, seed: int | None, test_set, max_key, min_key, progressbar
+    ) -> EvaluationRun:
+        """One test pass of SpeechBrain's evaluate in ``execution`` on the chip of ``seed``."""
+        hook = self.memristor
+        hook.use(execution, seed)
+        logger.info(
+            "Memristor evaluation: %s%s", execution, "" if seed is None else f", chip seed {seed}"
+        )
+        loss = super().evaluate(test_set, max_key, min_key, progressbar)
+        return EvaluationRun(execution, seed, float(loss), hook.read_metric(self))
 
 
 # MemristorBrain's own (inherited) stage hooks are wrapped too, for recipes that keep them.

@@ -200,12 +200,24 @@ class Crossbar(torch.nn.Module):
 
     @classmethod
     def program(
-        cls, weight_int: Tensor, weight_scale: float, hardware: HardwareConfig, chip_seed: int
+        cls,
+        weight_int: Tensor,
+        weight_scale: float,
+        hardware: HardwareConfig,
+        chip_seed: int,
+        device: torch.device | str | None = None,
     ) -> Crossbar:
-        """Program integer weights [out, in] (in [-Q_w, Q_w]) onto fresh cells, on the CPU
-        (`programming.program_chip`; its statistics in ``programming``). The chip is a pure
-        function of (weights, hardware, chip_seed)."""
-        states_pos, states_neg, stats = program_chip(weight_int, hardware, chip_seed)
+        """Program integer weights [out, in] (in [-Q_w, Q_w]) onto fresh cells
+        (`programming.program_chip`; its statistics in ``programming``), the device model
+        running on ``device`` (None, the default: the CPU, so that a chip is the same whatever
+        device reads it; a CUDA device is faster but draws other random numbers). The chip is
+        a pure function of (weights, hardware, chip_seed, programming device type)."""
+        device_type = torch.device("cpu" if device is None else device).type
+        with (
+            torch.autocast("cpu", enabled=False),  # float32 states under a bf16 recipe too
+            torch.autocast(device_type, enabled=False),
+        ):
+            states_pos, states_neg, stats = program_chip(weight_int, hardware, chip_seed, device)
         chip = cls(states_pos, states_neg, weight_scale, hardware, stable_seed(chip_seed, "read"))
         chip.programming = stats
         return chip
@@ -251,7 +263,7 @@ class Crossbar(torch.nn.Module):
         """Values [N, out] for inputs [N, in] (DAC codes `DigitalToAnalogConverter.integers`
         of inputs / input_scale), in units of sum_i code_i / M * w_int_io (M =
         ``dac.max_code``; on the symmetric grid an ``input_scale`` of 1.0 passes integer codes
-        through)."""
+        through). Always float32, also under autocast."""
         if inputs.dim() != 2 or inputs.shape[1] != self.layout.in_features:
             raise ValueError(
                 f"inputs must be [N, {self.layout.in_features}], got {tuple(inputs.shape)}."
@@ -261,8 +273,10 @@ class Crossbar(torch.nn.Module):
         )
         device = self.difference.device
         noise = self._noise()
-        return self.dac.read(
-            inputs.to(device, torch.float32),
-            input_scale,
-            lambda rows, scale: tiled_read(rows, scale, path, noise),
-        )
+        # The read is float32 even under fp16/bf16 autocast (integer ADC codes add exactly).
+        with torch.autocast(device.type, enabled=False):
+            return self.dac.read(
+                inputs.to(device, torch.float32),
+                input_scale,
+                lambda rows, scale: tiled_read(rows, scale, path, noise),
+            )

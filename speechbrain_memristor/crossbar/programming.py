@@ -40,6 +40,8 @@ from speechbrain_memristor.util.seeding import stable_seed
 # model, see CellArray.bytes_per_cell).
 # Part of the chip's definition: each chunk has its own generator seeded by (chip seed, index).
 PROGRAMMING_CHUNK_CELLS = 1 << 19
+# Chunk on a CUDA device: 2^23 cells hold at most about 1.8 GB of device-model state.
+CUDA_PROGRAMMING_CHUNK_CELLS = 1 << 23
 
 
 class ProgrammedWeights(NamedTuple):
@@ -82,14 +84,22 @@ def array_cycle_voltages(arrays: int, hardware: HardwareConfig, chip_seed: int) 
 
 
 def program_states(
-    bits: Tensor, hardware: HardwareConfig, chip_seed: int, layout: TileLayout | None = None
+    bits: Tensor,
+    hardware: HardwareConfig,
+    chip_seed: int,
+    layout: TileLayout | None = None,
+    device: torch.device | str | None = None,
 ) -> tuple[Tensor, ProgrammingStats]:
-    """Programmed states r (float32 [n]) of cells holding ``bits`` (bool [n]), on the CPU, one
-    chunk of PROGRAMMING_CHUNK_CELLS at a time (see `CellModel.program`), and the statistics.
+    """Programmed states r (float32 [n], CPU) of cells holding ``bits`` (bool [n]), one chunk at
+    a time (see `CellModel.program`), and the statistics.
 
     ``layout``: how the flat cells lie on arrays ([planes, 2, in, out] of ``layout``), for
-    per-array initial cycles; None: all cells form one array.
+    per-array initial cycles; None: all cells form one array. ``device``: where the device
+    model runs (None: the CPU, chunks of PROGRAMMING_CHUNK_CELLS; CUDA: chunks of
+    CUDA_PROGRAMMING_CHUNK_CELLS with CUDA generators, so other random draws: another chip).
     """
+    device = torch.device("cpu" if device is None else device)
+    chunk = PROGRAMMING_CHUNK_CELLS if device.type == "cpu" else CUDA_PROGRAMMING_CHUNK_CELLS
     model = cell_model(hardware)
     count = bits.shape[0]
     states = torch.empty(count, dtype=torch.float32)
@@ -102,30 +112,35 @@ def program_states(
             arrays = sides * layout.tiles_in * layout.tiles_out
         array_voltages = array_cycle_voltages(arrays, hardware, chip_seed)
     stats = ProgrammingStats()
-    for index, start in enumerate(range(0, count, PROGRAMMING_CHUNK_CELLS)):
-        stop = min(start + PROGRAMMING_CHUNK_CELLS, count)
+    for index, start in enumerate(range(0, count, chunk)):
+        stop = min(start + chunk, count)
         cycle_voltages = None
         if per_array:
             if layout is None:
                 cycle_voltages = array_voltages.expand(-1, stop - start)
             else:
                 cycle_voltages = array_voltages[:, array_indices(start, stop, layout)]
-        generator = torch.Generator().manual_seed(stable_seed(chip_seed, index))
+        generator = torch.Generator(device).manual_seed(stable_seed(chip_seed, index))
         chunk_states, chunk_stats = model.program(
-            bits[start:stop],
+            bits[start:stop].to(device),
             hardware,
             generator,
-            cycle_voltages=cycle_voltages,
-            stuck=None if stuck is None else stuck[start:stop],
+            cycle_voltages=None if cycle_voltages is None else cycle_voltages.to(device),
+            stuck=None if stuck is None else stuck[start:stop].to(device),
         )
-        states[start:stop] = chunk_states
+        states[start:stop] = chunk_states.cpu()
         stats = stats + chunk_stats
     return states, stats
 
 
-def program_chip(weight_int: Tensor, hardware: HardwareConfig, chip_seed: int) -> ProgrammedWeights:
+def program_chip(
+    weight_int: Tensor,
+    hardware: HardwareConfig,
+    chip_seed: int,
+    device: torch.device | str | None = None,
+) -> ProgrammedWeights:
     """States and statistics of integer weights [out, in] (in [-Q_w, Q_w]) programmed onto
-    fresh cells on the CPU."""
+    fresh cells, the device model running on ``device`` (None: the CPU; `program_states`)."""
     qmax = hardware.weight_qmax
     weight_t = weight_int.detach().cpu().t().to(torch.int64)
     if bool((weight_t.abs() > qmax).any()):
@@ -135,7 +150,7 @@ def program_chip(weight_int: Tensor, hardware: HardwareConfig, chip_seed: int) -
     bits = magnitude_bit_planes(weight_t.abs(), hardware.bit_planes)
     paired = torch.stack([bits & (weight_t > 0), bits & (weight_t < 0)], dim=1)
     layout = TileLayout.from_config(weight_t.shape[0], weight_t.shape[1], hardware)
-    states, stats = program_states(paired.reshape(-1), hardware, chip_seed, layout)
+    states, stats = program_states(paired.reshape(-1), hardware, chip_seed, layout, device)
     states = states.view(paired.shape)
     return ProgrammedWeights(states[:, 0], states[:, 1], stats)
 

@@ -116,8 +116,8 @@ class CellModel:
         cycle_voltages: Tensor | None = None,
         stuck: Tensor | None = None,
     ) -> tuple[Tensor, ProgrammingStats]:
-        """States r (float32 [n]) of fresh cells programmed to ``bits`` (bool [n], CPU), and
-        what it took.
+        """States r (float32 [n]) of fresh cells programmed to ``bits`` (bool [n]) on the device
+        of ``bits`` (``generator``, ``cycle_voltages`` and ``stuck`` on it too), and what it took.
 
         ``cycle_voltages``: float32 [initial_cycles, n] voltages of the initial cycles (None:
         each cell draws its own from ``generator``); ``stuck``: int8 [n] stuck-at codes FREE,
@@ -167,7 +167,7 @@ class CellModel:
 
     def resistance_conductance(self, states: Tensor, voltage: float) -> Tensor:
         """I(U, r) / U (S) of cells in ``states`` at ``voltage`` (1/R at the verify voltage)."""
-        volts = torch.tensor(voltage, dtype=torch.float32)
+        volts = torch.tensor(voltage, dtype=torch.float32, device=states.device)
         low, high = self.low(volts), self.high(volts)
         return torch.addcmul(low.expand_as(states), states, high - low) / voltage
 
@@ -233,11 +233,11 @@ class SynaptogenCells(CellModel):
             fixed = torch.where(stuck == STUCK_LRS, lrs_state, cells.r)
         for cycle in range(hardware.initial_cycles):
             if cycle_voltages is None:
-                pulses = torch.rand(count, generator=generator) * 2 - 1
+                pulses = torch.rand(count, generator=generator, device=bits.device) * 2 - 1
                 cells.apply_voltage(pulses * INITIAL_CYCLE_VOLTAGE)
             else:
                 cells.apply_voltage(cycle_voltages[cycle])
-        cells.apply_voltage(torch.full((count,), hardware.reset_voltage))
+        cells.apply_voltage(torch.full((count,), hardware.reset_voltage, device=bits.device))
         cells.apply_voltage(torch.where(bits, hardware.set_voltage, 0.0))
 
         states = cells.r

@@ -47,8 +47,10 @@ import itertools
 import json
 import logging
 import os
+import queue
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -508,8 +510,9 @@ class Sweep:
         command += [f"--{key}={_override(value)}" for key, value in overrides.items()]
         return [*command, "--test_only"]
 
-    def evaluate(self, point: SweepPoint) -> None:
-        """Run the recipe for ``point`` in its folder (checkpoints linked from the run)."""
+    def evaluate(self, point: SweepPoint, device: str | None = None) -> None:
+        """Run the recipe for ``point`` in its folder (checkpoints linked from the run), on
+        ``device`` (e.g. ``cuda:1``; None: the recipe's default)."""
         folder = self.point_folder(point)
         folder.mkdir(parents=True, exist_ok=True)
         write_atomic(
@@ -529,31 +532,71 @@ class Sweep:
         if not link.is_symlink():
             link.symlink_to(point.run.folder / "save", target_is_directory=True)
         log_path = folder / "sweep_log.txt"
-        status = run_logged(
-            self.command(point), log_path, cwd=Path(self.train_script).parent, echo=False
-        )
+        command = self.command(point) + ([] if device is None else [f"--device={device}"])
+        status = run_logged(command, log_path, cwd=Path(self.train_script).parent, echo=False)
         if status != 0 or not self.is_done(point):
             raise SweepError(
                 f"Point {point.settings} failed (exit status {status}); see "
                 f"{log_path}. Fix it and rerun: finished points are kept."
             )
 
-    def run(self, evaluate: Callable[[SweepPoint], None] | None = None) -> dict:
+    def run(
+        self,
+        evaluate: Callable[[SweepPoint], None] | None = None,
+        workers: int = 1,
+        devices: Sequence[str] | None = None,
+    ) -> dict:
         """Evaluate every unfinished point, then write tables and plots; returns the results.
 
-        ``evaluate`` replaces `Sweep.evaluate` (e.g. to observe evaluations).
+        ``workers`` points run at once (each a recipe process); with ``devices`` (e.g.
+        ``["cuda:0", "cuda:1"]``) each worker slot runs its points on one of them, dealt round
+        robin. A failed point lets the others finish, then raises (finished points are kept).
+        ``evaluate`` replaces `Sweep.evaluate` (e.g. to observe evaluations; it gets the point
+        only). The results do not depend on ``workers``: each point is its own process and the
+        tables are read in grid order.
         """
-        evaluate = evaluate or self.evaluate
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise SweepError(f"workers={workers!r} is invalid: expected an integer >= 1.")
         pending = [point for point in self.points if not self.is_done(point)]
         logger.info(
-            "Sweep: %d points, %d finished, %d to evaluate",
+            "Sweep: %d points, %d finished, %d to evaluate (%d at a time)",
             len(self.points),
             len(self.points) - len(pending),
             len(pending),
+            workers,
         )
-        for point in tqdm(pending, desc="sweep points", unit="point", disable=not pending):
-            logger.info("Sweep point %s: %s", point.identifier, point.settings)
-            evaluate(point)
+        slots: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for slot in range(workers):
+            slots.put(slot)
+
+        def evaluate_in_a_slot(point: SweepPoint) -> None:
+            slot = slots.get()
+            try:
+                logger.info("Sweep point %s: %s", point.identifier, point.settings)
+                if evaluate is not None:
+                    evaluate(point)
+                else:
+                    self.evaluate(point, devices[slot % len(devices)] if devices else None)
+            finally:
+                slots.put(slot)
+
+        progress = tqdm(total=len(pending), desc="sweep points", unit="point", disable=not pending)
+        with progress:
+            if workers == 1:
+                for point in pending:
+                    evaluate_in_a_slot(point)
+                    progress.update(1)
+            else:
+                failures = []
+                with ThreadPoolExecutor(workers) as pool:
+                    for future in as_completed(
+                        pool.submit(evaluate_in_a_slot, point) for point in pending
+                    ):
+                        progress.update(1)
+                        if future.exception() is not None:
+                            failures.append(future.exception())
+                if failures:
+                    raise failures[0]
         return self.write_results()
 
     def results(self) -> dict:

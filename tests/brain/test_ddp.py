@@ -28,8 +28,8 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def ddp_worker(rank: int, port: int, folder: str) -> None:
-    """One rank, as torchrun would start it: train one QAT step, program chips, save results."""
+def init_rank(rank: int, port: int) -> None:
+    """Join a gloo group of WORLD_SIZE ranks as torchrun would start ``rank`` (one thread)."""
     os.environ.update(
         RANK=str(rank),
         LOCAL_RANK=str(rank),
@@ -39,6 +39,11 @@ def ddp_worker(rank: int, port: int, folder: str) -> None:
     )
     torch.set_num_threads(1)
     sb.utils.distributed.ddp_init_group({"distributed_backend": "gloo"})
+
+
+def ddp_worker(rank: int, port: int, folder: str) -> None:
+    """One rank, as torchrun would start it: train one QAT step, program chips, save results."""
+    init_rank(rank, port)
     try:
         hparams = load_hparams(folder, epochs=1)  # same seed on every rank: same initial model
         brain = make_brain(CTCBrain, hparams, distributed_backend="gloo")

@@ -12,6 +12,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -205,3 +206,30 @@ def test_sweep_runs_an_explicitly_given_recipe_script(trained_run, tmp_path, cap
     table = list(csv.DictReader((tmp_path / "sweep" / "sweep.csv").open()))
     assert [r["point"] for r in table] == [point.identifier]
     assert "1 of 1 points finished" in (tmp_path / "sweep" / "sweep.md").read_text()
+
+
+def test_two_workers_write_the_serial_sweep_results(trained_run, tmp_path):
+    """Points run concurrently (their evaluations overlap in time) and give the same tables
+    and results file as a serial sweep."""
+    grid = {"adc": "8/10,4/4", "num_chips": "1"}
+    serial = make_sweep(trained_run, tmp_path / "serial", grid).run()
+    parallel = make_sweep(trained_run, tmp_path / "parallel", grid)
+    spans = {}
+
+    def timed(point):
+        start = time.monotonic()
+        parallel.evaluate(point)
+        spans[point.identifier] = (start, time.monotonic())
+
+    results = parallel.run(timed, workers=2)
+    (first_start, first_end), (second_start, second_end) = spans.values()
+    assert first_start < second_end and second_start < first_end  # they ran at the same time
+    assert {key: value for key, value in results.items() if key != "plots"} == {
+        key: value for key, value in serial.items() if key != "plots"
+    }
+    for name in ("sweep.json", "sweep.csv", "sweep.md"):
+        assert (tmp_path / "serial" / name).read_text() == (
+            tmp_path / "parallel" / name
+        ).read_text()
+    with pytest.raises(SweepError, match="workers=0 is invalid"):
+        parallel.run(workers=0)
