@@ -7,7 +7,10 @@ unchanged (the method is inactive in eval mode).
 - ``chip_in_the_loop``: the forward value is the analog read (DAC, crossbar with read noise,
   ADC; `crossbar.Crossbar.read`) of a training chip programmed from the weights; the gradient
   is fake_quant's (straight-through, `straight_through`: value of the chip, gradient of the
-  fake-quantized product). The driver (`brain.MemristorHook`) reprograms every training chip
+  fake-quantized product). Between reprogrammings the fake-quantized weights' change since
+  programming is added digitally (x_q dW_q^T), so the value follows every update (a stale chip
+  alone gives the optimizer no feedback for ``reprogram_every`` steps, and the demo model
+  diverged that way). The driver (`brain.MemristorHook`) reprograms every training chip
   from the current weights every ``reprogram_every`` steps with the seeds of
   `training_chip_seed` and restarts each chip's read-noise stream at every step from
   `training_step_seed`, so every DDP rank and a resumed run read the same chips and noise.

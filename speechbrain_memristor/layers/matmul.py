@@ -83,6 +83,7 @@ class HardwareMatmul(torch.nn.Module):
         self.training_chip: Crossbar | None = None
         self.training_chip_source: TrainingChipSource | None = None
         self._noise_generator: torch.Generator | None = None
+        self._programmed_weight: Tensor | None = None  # the training chip's weights [out, in]
 
     @property
     def hardware(self) -> HardwareConfig:
@@ -147,7 +148,7 @@ class HardwareMatmul(torch.nn.Module):
             w_q = straight_through(self._noisy_weight(weight), w_q)
         y = F.linear(x_q, w_q)
         if method == TrainingMethod.CHIP_IN_THE_LOOP:
-            y = straight_through(self._training_read(x, weight), y)
+            y = straight_through(self._training_read(x, x_q, w_q, weight), y)
         elif self.hardware.adc_in_training and self.hardware.has_adc:
             with torch.no_grad():
                 input_scale = self.input_quantizer.scale()
@@ -167,8 +168,11 @@ class HardwareMatmul(torch.nn.Module):
         return noise.sample(w_int, self._noise_generator) * self.weight_quantizer.scale(weight)
 
     @torch.no_grad()
-    def _training_read(self, x: Tensor, weight: Tensor) -> Tensor:
-        """Analog read [..., out] of the training chip (no bias), at the input quantizer's scale."""
+    def _training_read(self, x: Tensor, x_q: Tensor, w_q: Tensor, weight: Tensor) -> Tensor:
+        """Analog read [..., out] of the training chip (no bias), at the input quantizer's
+        scale, plus x_q (w_q - w_programmed)^T: the fake-quantized weights' change since the
+        chip was programmed, applied digitally, so that the value follows every update
+        between reprogrammings (zero right after programming: the read alone)."""
         if self.training_chip is None:
             raise RuntimeError(
                 f"Layer {self.name or '<unnamed>'!r} trains chip_in_the_loop but has no training "
@@ -179,7 +183,14 @@ class HardwareMatmul(torch.nn.Module):
         input_scale = self.input_quantizer.scale()
         values = chip.read(x.detach().reshape(-1, weight.shape[1]), input_scale)
         values.mul_(chip.weight_scale * input_scale * self.hardware.dac_qmax)
-        return values.reshape(*x.shape[:-1], weight.shape[0]).to(x.dtype)
+        values = values.reshape(*x.shape[:-1], weight.shape[0]).to(x.dtype)
+        if self._programmed_weight is None or self._programmed_weight.device != weight.device:
+            source = self.training_chip_source
+            assert source is not None
+            programmed = source.weight_int.to(weight.device, weight.dtype) * source.weight_scale
+            self._programmed_weight = programmed
+        change = w_q.detach() - self._programmed_weight
+        return values if not change.any() else values.add_(F.linear(x_q.detach(), change))
 
     @torch.no_grad()
     def program_training_chip(self, weight: Tensor, seed: int | str) -> None:
@@ -201,6 +212,7 @@ class HardwareMatmul(torch.nn.Module):
             self.chip_seed(source.seed),
         ).to(device)
         self.training_chip_source = source
+        self._programmed_weight = None
 
     def begin_training_step(self, step_seed: int, device: torch.device) -> None:
         """Restart this layer's training noise (chip read noise, injected weight noise) from

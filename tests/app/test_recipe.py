@@ -162,7 +162,7 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, monkeypatch):
     # Each hardware-aware stage fine-tuned the QAT model with its method.
     for method in settings.hardware_aware:
         log = (settings.hardware_aware_folder(method) / "recipe_log.txt").read_text()
-        assert f"--training_method={method}" in log
+        assert f"--training_method={method}" in log and "--valid_execution=analog" in log
         assert f"--init_from={settings.qat_folder / 'save'}" in log
     with pytest.raises(demo.DemoError, match="hardware_aware='chip'"):
         demo.DemoSettings(hardware_aware=("chip",))

@@ -123,6 +123,20 @@ def test_chip_in_the_loop_forwards_the_chip_read_with_fake_quant_gradient():
     assert not torch.allclose(y, fake_quant_value + layer.bias.detach(), atol=1e-3)
     for mine, reference in zip(grads, fake_quant_grads, strict=True):
         assert torch.equal(mine, reference)
+    # Between reprogrammings: the chip's read plus the fake-quantized weight change, digital.
+    with torch.no_grad():
+        layer.weight.add_(
+            0.05 * torch.randn(layer.weight.shape, generator=torch.Generator().manual_seed(2))
+        )
+    layer.matmul.begin_training_step(1234, layer.weight.device)
+    chip.reseed_read_noise(stable_seed(1234, "probe"))
+    y_moved, *_ = forward_backward(layer, x)
+    change = matmul.weight_quantizer(layer.weight.detach()) - w_int * scale
+    assert change.abs().sum() > 0
+    expected = read.reshape(5, 7, 10) + F.linear(matmul.input_quantizer(x), change)
+    assert torch.allclose(y_moved, expected + layer.bias.detach(), rtol=0, atol=1e-5)
+    weight = layer.weight.detach()
+    fake_quant_value = F.linear(matmul.input_quantizer(x), matmul.weight_quantizer(weight))
     # Evaluation mode and other executions ignore the method.
     layer.eval()
     assert torch.equal(layer(x), fake_quant_value + layer.bias.detach())
