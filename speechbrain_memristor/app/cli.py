@@ -58,12 +58,14 @@ def _run_make_corpus(args: argparse.Namespace) -> int:
 def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="the whole study on synthesized speech: float vs QAT vs analog chips (~20 min)",
+        help="the whole study on synthesized speech: float vs QAT vs hardware-aware training, "
+        "evaluated on analog chips",
         description=(
             "Synthesize a TED-LIUM 2 style corpus, train a float and a QAT Conformer CTC with the "
-            "TED-LIUM 2 recipe, evaluate test WER in digital, fake_quant and analog execution on "
-            "several programmed chips, and write results.{md,csv,json} and a plot. A rerun "
-            "resumes where the last one stopped."
+            "TED-LIUM 2 recipe, fine-tune the QAT model with each hardware-aware training method, "
+            "evaluate dev and test WER in digital, fake_quant and analog execution on several "
+            "programmed chips, and write results.{md,csv,json} and a plot. A rerun resumes where "
+            "the last one stopped."
         ),
     )
     from speechbrain_memristor.app.demo import DemoSettings
