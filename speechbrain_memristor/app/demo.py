@@ -82,8 +82,8 @@ class DemoSettings:
     hardware_preset: str = "paper"
     hardware_aware: tuple[str, ...] = ("chip_in_the_loop", "noise_injection")
     hardware_aware_epochs: int = 2
-    hardware_aware_lr: float | None = None
-    hardware_aware_warmup_steps: int | None = None
+    hardware_aware_lr: float | None = 1e-4  # chip in the loop, dev WER: 1e-4 beat 5e-4
+    hardware_aware_warmup_steps: int | None = 20
 
     def __post_init__(self) -> None:
         for method in self.hardware_aware:
