@@ -165,7 +165,7 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, monkeypatch):
     for method in settings.hardware_aware:
         log = (settings.hardware_aware_folder(method) / "recipe_log.txt").read_text()
         assert f"--training_method={method}" in log and "--valid_execution=analog" in log
-        assert "--finetune_lr=0.0001" in log and "--finetune_warmup_steps" not in log
+        assert "--finetune_lr=0.0001" in log and "--finetune_warmup_steps=20" in log
         assert f"--init_from={settings.qat_folder / 'save'}" in log
     with pytest.raises(demo.DemoError, match="hardware_aware='chip'"):
         demo.DemoSettings(hardware_aware=("chip",))
