@@ -159,6 +159,44 @@ def bench_programming(repeats: int = 3) -> None:
     )
 
 
+# ---------------------------------------------------- circuit modes (wires, bit-serial)
+CIRCUIT_MODES = {
+    "today": {},
+    "IR drop first-order 1 ohm": {"wire_resistance": 1.0},
+    "bit-serial": {"dac_mode": "bit_serial"},
+}
+
+
+def bench_circuit_modes(in_features: int, out_features: int, frames: int, repeats: int) -> None:
+    """Chip reads (physical noise, ADC 4/4, 128 x 128 tiles) of today's parallel read, the
+    first-order IR-drop read and the bit-serial read, interleaved with F.linear; ratios to
+    F.linear and to today's read (targets: IR drop <= 2x, bit-serial <= input bits x today)."""
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(out_features, in_features, generator=generator)
+    weight_int = torch.randint(-3, 4, (out_features, in_features), generator=generator).float()
+    x = torch.randn(frames, in_features, generator=generator)
+    scale = x.abs().max() / 127
+    chips = {
+        name: Crossbar.program(weight_int, 1.0, HardwareConfig(**fields), chip_seed=0)
+        for name, fields in CIRCUIT_MODES.items()
+    }
+    times: dict[str, list[float]] = {name: [] for name in (*chips, "F.linear")}
+    with torch.no_grad():
+        for _ in range(repeats):
+            for name, chip in chips.items():
+                times[name] += median_seconds(lambda chip=chip: chip.read(x, scale), 1)
+            times["F.linear"] += median_seconds(lambda: F.linear(x, weight), 1)
+    seconds = {name: statistics.median(values) for name, values in times.items()}
+    bits = chips["bit-serial"].dac.pulse_bits
+    for name in chips:
+        print(
+            f"{in_features:4d}->{out_features:<5d} {name:26s}: {seconds[name] * 1e3:7.1f} ms, "
+            f"{seconds[name] / seconds['F.linear']:6.1f}x F.linear, "
+            f"{seconds[name] / seconds['today']:5.2f}x today"
+            + (f" ({bits} input bits)" if name == "bit-serial" else "")
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -168,13 +206,21 @@ def main() -> None:
     parser.add_argument(
         "--programming-only", action="store_true", help="only the programming throughput"
     )
+    parser.add_argument(
+        "--circuit-only", action="store_true", help="only the IR-drop and bit-serial reads"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load}")
+    if args.circuit_only:
+        for in_features, out_features in SHAPES:
+            bench_circuit_modes(in_features, out_features, args.frames, args.repeats)
+        return
     if not args.programming_only:
         for in_features, out_features in SHAPES:
             bench_shape(in_features, out_features, args.frames, args.repeats)
+            bench_circuit_modes(in_features, out_features, args.frames, args.repeats)
     bench_programming(args.programming_repeats)
 
 

@@ -22,13 +22,16 @@ logger = logging.getLogger(__name__)
 # Version of the saved form of HardwareConfig (`HardwareConfig.to_dict` with
 # `CONFIG_VERSION` saved beside it). Bump it when a field is added; `from_saved` fills fields
 # missing from older saves with their defaults.
-CONFIG_VERSION = 2  # 2: initial_cycle_mode, write-verify, stuck-at faults, programming costs
+CONFIG_VERSION = 3  # 2: initial_cycle_mode, write-verify, stuck-at faults, programming costs
+# 3: wire_resistance, wire_solver, dac_mode
 
 READ_NOISE_MODES = ("off", "physical", "synaptogenml")
 DAC_GRIDS = ("symmetric", "synaptogenml")
 OBSERVERS = ("minmax", "moving_average")
 CELL_MODELS = ("synaptogen", "ideal")
 INITIAL_CYCLE_MODES = ("per_cell", "per_array")
+WIRE_SOLVERS = ("first_order", "exact")
+DAC_MODES = ("parallel", "bit_serial")
 # `HardwareConfig.for_recipe`: the word for an ideal ADC in a recipe's ADC keys.
 IDEAL_ADC = "ideal"
 ADC_FIELDS = ("adc_precision_bits", "adc_range_bits")
@@ -138,6 +141,26 @@ class HardwareConfig:
     read: 100 ns (ISAAC's read cycle, above) and 1 pJ (0.2 V x ~45 uA x 100 ns for an LRS
     cell, rounded up for the sense amplifier).
 
+    ``dac_mode``: "parallel" (default) applies each input code c as one voltage
+    c / M * input_voltage; "bit_serial" applies it bit by bit, as in ISAAC: the DAC code's
+    magnitude bits (B = bit length of M: 7 for the symmetric 8-bit grid, 8 for the authors')
+    are B read pulses, least significant first, each of sign(c) * input_voltage where the
+    bit is 1 and 0 V where it is 0 (sign-magnitude: negative inputs drive negative pulses, so
+    both polarities stay within +-input_voltage as in the parallel mode). Every pulse is a
+    separate read with its own ADC conversions per plane, tile and column; the digital
+    periphery adds the converted bit reads with weights 2^b / M.
+
+    Wire resistance (IR drop, `crossbar.wires`): every segment of a row or column line between
+    two cells (and between the driver or the sense amplifier and the first cell) has
+    ``wire_resistance`` ohms; 0 (the default) is ideal wiring, today's read bit for bit. A
+    realistic value is about 1 ohm: wire resistances of 0.5 to 3.0 ohm per cell are studied in
+    "A Parasitic Resistance-Adapted Programming Scheme for Memristor Crossbar-Based
+    Neuromorphic Computing Systems", Materials 12(24):4097, 2019 (doi 10.3390/ma12244097); a
+    22 nm copper line (resistivity about 4.4e-8 ohm m, 22 nm x 44 nm) over a 4F = 88 nm cell
+    pitch is about 4 ohm. ``wire_solver``: "first_order" (linearized around the ideal
+    operating point; stays in matrix products, accurate while wire_resistance * G_LRS *
+    tile_rows^2 is small, see README) or "exact" (iterative nodal solve, slow: small studies).
+
     Quantization-aware training: ``observer`` ("minmax" or "moving_average" with
     ``observer_momentum``) calibrates the DAC input range; ``adc_in_training`` also emulates
     the per-tile per-plane ADC of ideal cells in ``fake_quant``.
@@ -163,6 +186,7 @@ class HardwareConfig:
     dac_bits: int = 8
     input_voltage: float = 0.6
     dac_grid: str = "symmetric"
+    dac_mode: str = "parallel"  # parallel | bit_serial
     adc_precision_bits: int | None = 4
     adc_range_bits: int | None = 4
     current_scale: float | None = None
@@ -185,6 +209,8 @@ class HardwareConfig:
     verify_voltage: float | None = None  # V; None: the device model's U0 (0.2 V)
     stuck_lrs_rate: float = 0.0  # fraction of cells stuck in LRS
     stuck_hrs_rate: float = 0.0  # fraction of cells stuck in HRS
+    wire_resistance: float = 0.0  # ohms per row or column segment (0: ideal wiring)
+    wire_solver: str = "first_order"  # first_order | exact
     seed: int = 0
     observer: str = "minmax"
     observer_momentum: float = 0.01
@@ -218,6 +244,7 @@ class HardwareConfig:
         _check_int("dac_bits", self.dac_bits, 2, 16)
         self._set_float("input_voltage", 0.0, 1.0, True)
         _check_choice("dac_grid", self.dac_grid, DAC_GRIDS)
+        _check_choice("dac_mode", self.dac_mode, DAC_MODES)
         if (self.adc_precision_bits is None) != (self.adc_range_bits is None):
             _fail(
                 "adc_precision_bits",
@@ -247,6 +274,8 @@ class HardwareConfig:
             object.__setattr__(self, "device_params", path)
         _check_int("device_var_order", self.device_var_order, 1, 10)
         _check_choice("cell_model", self.cell_model, CELL_MODELS)
+        self._set_float("wire_resistance", 0.0, 1e3, False)
+        _check_choice("wire_solver", self.wire_solver, WIRE_SOLVERS)
 
     def _check_programming(self) -> None:
         """Programming pulses and the chip seed."""

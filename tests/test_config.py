@@ -67,6 +67,10 @@ def test_unknown_preset_names_choices():
         ("observer", "percentile"),
         ("observer_momentum", 0.0),
         ("adc_in_training", "yes"),
+        ("wire_resistance", -1.0),
+        ("wire_resistance", float("inf")),
+        ("wire_solver", "spice"),
+        ("dac_mode", "serial"),
     ],
 )
 def test_invalid_values_name_field_and_value(field, value):
@@ -117,6 +121,16 @@ def test_from_saved_fills_fields_missing_from_older_saves(caplog):
     assert len(messages) == 1
     text = messages[0].getMessage()
     assert "old.ckpt" in text and "tile_read_latency=1e-07" in text and "observer='minmax'" in text
+
+
+def test_version_2_saves_load_with_ideal_wires_and_parallel_inputs():
+    """A save from before wire resistance and bit-serial inputs reads as today's hardware."""
+    saved = HardwareConfig.preset("paper").to_dict()
+    for name in ("wire_resistance", "wire_solver", "dac_mode"):
+        del saved[name]
+    config = HardwareConfig.from_saved(saved, version=2, source="v2.ckpt")
+    assert config == HardwareConfig.preset("paper")
+    assert (config.wire_resistance, config.dac_mode) == (0.0, "parallel")
 
 
 def test_from_saved_rejects_unknown_fields():

@@ -221,8 +221,9 @@ def _add_sweep(subparsers: argparse._SubParsersAction) -> None:
             "Grid axes: adc (P/R pairs or ideal), adc_precision_bits, adc_range_bits, dac_bits, "
             "dac_grid, tile_size, read_noise, device_params, initial_cycles, "
             "initial_cycle_mode, write_verify, verify_max_attempts, verify_lrs_max_ohms, "
-            "verify_hrs_min_ohms, stuck_lrs_rate, stuck_hrs_rate, num_chips, "
-            "hardware_seed, weight_bits (picks among the given runs; see "
+            "verify_hrs_min_ohms, stuck_lrs_rate, stuck_hrs_rate, wire_resistance, "
+            "wire_solver, dac_mode, num_chips, hardware_seed, weight_bits (picks among the "
+            "given runs; see "
             "speechbrain_memristor.studies.sweep)."
         ),
     )

@@ -24,6 +24,7 @@ from speechbrain_memristor.crossbar.periphery import (
 )
 from speechbrain_memristor.crossbar.programming import program_chip
 from speechbrain_memristor.crossbar.read import ReadNoise, ReadPath, tiled_read
+from speechbrain_memristor.crossbar.wires import WireCircuit
 from speechbrain_memristor.physics.calibration import calibrated_current_scale
 from speechbrain_memristor.physics.cell_models import ProgrammingStats, cell_model
 from speechbrain_memristor.physics.noise import ZERO_VOLTAGE_REPLACEMENT, read_noise_model
@@ -35,9 +36,10 @@ class ChipInventory:
     """Hardware of one [out, in] weight matrix; conversion counts per input vector.
 
     A bit plane is a differential pair of ``tile_rows`` x ``tile_cols`` arrays (rows =
-    inputs, the last tile zero-padded). DAC conversions: one per driven row of each
-    differential tile pair (planes x tiles_out x in); ADC conversions: one per column, plane
-    and input tile (planes x tiles_in x out); every cell is read once per input vector.
+    inputs, the last tile zero-padded). Per read pulse, DAC conversions: one per driven row of
+    each differential tile pair (planes x tiles_out x in); ADC conversions: one per column,
+    plane and input tile (planes x tiles_in x out); every cell is read once. An input vector
+    takes ``pulses`` reads: 1 (parallel DAC) or the input bits B (bit-serial).
     """
 
     out_features: int
@@ -47,6 +49,7 @@ class ChipInventory:
     tiles_out: int
     tile_rows: int
     tile_cols: int
+    pulses: int = 1
 
     @classmethod
     def of(cls, out_features: int, in_features: int, hardware: HardwareConfig) -> ChipInventory:
@@ -60,6 +63,7 @@ class ChipInventory:
             layout.tiles_out,
             layout.tile_rows,
             layout.tile_cols,
+            DigitalToAnalogConverter.from_config(hardware).read_pulses,
         )
 
     @property
@@ -92,15 +96,15 @@ class ChipInventory:
 
     @property
     def dac_conversions(self) -> int:
-        return self.bit_planes * self.tiles_out * self.in_features
+        return self.pulses * self.bit_planes * self.tiles_out * self.in_features
 
     @property
     def adc_conversions(self) -> int:
-        return self.bit_planes * self.tiles_in * self.out_features
+        return self.pulses * self.bit_planes * self.tiles_in * self.out_features
 
     @property
     def cell_reads(self) -> int:
-        return self.cells
+        return self.pulses * self.cells
 
 
 class Crossbar(torch.nn.Module):
@@ -138,6 +142,7 @@ class Crossbar(torch.nn.Module):
         self.weight_scale = float(weight_scale)
         self.read_seed = read_seed
         self.dac = DigitalToAnalogConverter.from_config(hardware)
+        self.row_dac = self.dac.pulse_converter()  # what drives the rows (1-bit if serial)
         self.adc = AnalogToDigitalConverter.from_config(hardware)
         self.current_scale = calibrated_current_scale(hardware)
         self.noise_model = read_noise_model(hardware)
@@ -148,7 +153,7 @@ class Crossbar(torch.nn.Module):
         states_pos, states_neg = states_pos.float().cpu(), states_neg.float().cpu()
         cells = cell_model(hardware)
         steps_per_ampere = self.current_scale / self.adc.step
-        volts = self.dac.level_voltages()
+        volts = self.row_dac.level_voltages()
         mean_lut = (cells.high(volts) - cells.low(volts)) * steps_per_ampere
         self._buffer("mean_lut", F.pad(mean_lut, (0, 1)))
         self._buffer("difference", to_tile_major(states_pos - states_neg, self.layout))
@@ -165,6 +170,18 @@ class Crossbar(torch.nn.Module):
         self._buffer("beta_lut", F.pad(coefficient * (high - low), (0, 1)))
         self.rare_threshold = float((low / (low - high)).min())
         self._store_rare_cells(states_pos, states_neg)
+        self.wires: WireCircuit | None = None
+        if hardware.wire_resistance > 0:
+            self.wires = WireCircuit(
+                to_tile_major(states_pos, self.layout),
+                to_tile_major(states_neg, self.layout),
+                self.layout,
+                hardware,
+                cells,
+                volts,
+                steps_per_ampere,
+                self.noise_model,
+            )
 
     def _buffer(self, name: str, tensor: Tensor) -> None:
         self.register_buffer(name, tensor.contiguous(), persistent=False)
@@ -245,6 +262,13 @@ class Crossbar(torch.nn.Module):
             raise ValueError(
                 f"inputs must be [N, {self.layout.in_features}], got {tuple(inputs.shape)}."
             )
-        path = ReadPath(self.layout, self.dac, self.adc, self.mean_lut, self.difference)
+        path = ReadPath(
+            self.layout, self.row_dac, self.adc, self.mean_lut, self.difference, self.wires
+        )
         device = self.difference.device
-        return tiled_read(inputs.to(device, torch.float32), input_scale, path, self._noise())
+        noise = self._noise()
+        return self.dac.read(
+            inputs.to(device, torch.float32),
+            input_scale,
+            lambda rows, scale: tiled_read(rows, scale, path, noise),
+        )

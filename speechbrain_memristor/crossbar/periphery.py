@@ -9,6 +9,12 @@ for 8 bits, Q_a / M = 127/128 exactly). Both map the input range +-s Q_a onto
 +-input_voltage, so a read in units of sum_i (c_i / M) w_int is rescaled by
 weight_scale * s * Q_a on either grid. Negative inputs are negative voltages.
 
+Bit-serial inputs (``dac_mode="bit_serial"``): the code c is applied as B = bit length of M
+pulses, bit b (least significant first) of |c| as sign(c) * input_voltage or 0 V: a 1-bit DAC
+per row (`DigitalToAnalogConverter.pulse_converter`, codes -1, 0, 1). Each pulse is one read
+with its own ADC conversions, and the converted reads are added digitally with weights
+2^b / M, so the result is in the units of the parallel read (sum_i (c_i / M) w).
+
 ADC: a column current difference I (amperes) becomes the value I * current_scale, rounded to
 the step 2^-p and clipped to +-2^(r-1) (p = adc_precision_bits, r = adc_range_bits). The ADC
 returns integer codes (value / step); multiplying by ``step`` gives values.
@@ -16,6 +22,7 @@ returns integer codes (value / step); multiplying by ``step`` gives values.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -55,6 +62,7 @@ class DigitalToAnalogConverter:
     max_code: int
     input_qmax: int
     input_voltage: float
+    bit_serial: bool = False
 
     @classmethod
     def from_config(cls, hardware: HardwareConfig) -> DigitalToAnalogConverter:
@@ -62,7 +70,47 @@ class DigitalToAnalogConverter:
             max_code=hardware.dac_max_code,
             input_qmax=hardware.dac_qmax,
             input_voltage=hardware.input_voltage,
+            bit_serial=hardware.dac_mode == "bit_serial",
         )
+
+    @property
+    def pulse_bits(self) -> int:
+        """Pulses per input in bit-serial mode: the bit length B of ``max_code``."""
+        return self.max_code.bit_length()
+
+    @property
+    def read_pulses(self) -> int:
+        """Reads per input vector: 1 (parallel) or `pulse_bits` (bit-serial)."""
+        return self.pulse_bits if self.bit_serial else 1
+
+    def pulse_converter(self) -> DigitalToAnalogConverter:
+        """The DAC that drives the rows: itself (parallel) or the 1-bit pulse DAC (codes -1, 0,
+        1 at +-input_voltage) of bit-serial mode."""
+        if not self.bit_serial:
+            return self
+        return DigitalToAnalogConverter(1, 1, self.input_voltage)
+
+    def bit_pulses(self, codes: Tensor) -> Tensor:
+        """[B, *codes.shape] float pulses sign(c) * bit b of |c| (b = 0 first) of DAC codes."""
+        magnitude = codes.abs().to(torch.int64)
+        shifts = torch.arange(self.pulse_bits, device=codes.device).view(-1, *[1] * codes.ndim)
+        return ((magnitude.unsqueeze(0) >> shifts) & 1).to(codes.dtype) * codes.sign()
+
+    def read(
+        self,
+        inputs: Tensor,
+        scale: Tensor | float,
+        read: Callable[[Tensor, Tensor | float], Tensor],
+    ) -> Tensor:
+        """``read(row inputs, scale)`` [N, out] of inputs [N, in] in this DAC's mode: one read
+        (parallel), or one read per input bit, added with weights 2^b / M (bit-serial; the
+        pulses are read as integer codes with scale 1 by `pulse_converter`)."""
+        if not self.bit_serial:
+            return read(inputs, scale)
+        pulses = self.bit_pulses(self.integers(inputs, scale))
+        values = read(pulses.flatten(0, 1), 1.0).view(self.pulse_bits, *inputs.shape[:-1], -1)
+        weights = 2.0 ** torch.arange(self.pulse_bits, device=values.device) / self.max_code
+        return torch.einsum("b...o,b->...o", values, weights.to(values.dtype))
 
     @property
     def steps_per_code(self) -> float:

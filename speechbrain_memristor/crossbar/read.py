@@ -34,6 +34,7 @@ from speechbrain_memristor.crossbar.periphery import (
     AnalogToDigitalConverter,
     DigitalToAnalogConverter,
 )
+from speechbrain_memristor.crossbar.wires import WireCircuit
 
 # Reads run in blocks of at most READ_BLOCK_ROWS input rows and as many output columns as keep
 # one [tiles_in * planes, rows, columns] temporary within READ_BLOCK_ELEMENTS (2 MiB in float32;
@@ -69,7 +70,7 @@ class ReadPath:
     ``mean_lut[level]`` (level = DAC code + ``dac.level_offset``; ADC steps per unit of
     ``difference``)
     multiplies ``difference`` [tiles_in * planes, tile_rows, out]; its last entry (0) marks
-    padded rows.
+    padded rows. ``wires``: the tiles' wire resistance (`wires.WireCircuit`; None: ideal).
     """
 
     layout: TileLayout
@@ -77,6 +78,7 @@ class ReadPath:
     adc: AnalogToDigitalConverter
     mean_lut: Tensor
     difference: Tensor
+    wires: WireCircuit | None = None
 
     @property
     def planes(self) -> int:
@@ -100,6 +102,9 @@ def tiled_read(
     block_cols = max(1, min(out_features, READ_BLOCK_ELEMENTS // (batches * block_rows)))
     if READ_BLOCK_COLUMN_MULTIPLE < block_cols < out_features:
         block_cols -= block_cols % READ_BLOCK_COLUMN_MULTIPLE
+    exact = path.wires is not None and path.wires.exact
+    if exact:  # the nodal solve takes whole output tiles (and blocks its own memory)
+        block_cols = min(layout.tile_cols, out_features)
     absent = path.mean_lut.shape[0] - 1
     column_starts = range(0, out_features, block_cols)
     buffer_size = batches * block_rows * block_cols
@@ -130,7 +135,9 @@ def tiled_read(
             size = math.prod(shape)
             steps = steps_buffer[:size].view(shape)
             difference = path.difference[:, :, block]
-            if noise is None:
+            if exact:
+                _exact_steps_(steps, path, noise, tile_levels, block)
+            elif noise is None:
                 torch.bmm(mean_coefficients, difference, out=steps)
             else:  # steps = noise sample * standard deviation, then + the mean product
                 variance = variance_buffer[:size].view(shape)
@@ -139,10 +146,28 @@ def tiled_read(
                 _correct_rare_cells(variance, levels, block, rare, noise)
                 steps.normal_(generator=noise.generator).mul_(variance.clamp_min_(0.0).sqrt_())
                 steps.baddbmm_(mean_coefficients, difference)
+            if path.wires is not None and not exact:  # first-order IR-drop correction
+                steps.add_(
+                    path.wires.first_order_correction(tile_levels, tiles, planes, difference, block)
+                )
             path.adc.quantize_steps_(steps)
             shifted = torch.mv(steps.view(batches, -1).t(), shift_weights)
             result[row : row + count, block] = shifted.view(count, -1).mul_(path.adc.step)
     return result
+
+
+def _exact_steps_(
+    steps: Tensor, path: ReadPath, noise: ReadNoise | None, tile_levels: Tensor, block: slice
+) -> None:
+    """In place: the column ``block``'s steps by the exact nodal solve (`wires.WireCircuit`),
+    plus noise of its exact variance drawn like the closed-form read's."""
+    tiles = path.layout.tiles_in
+    mean, variance = path.wires.exact_read(tile_levels, tiles, path.planes, block)
+    if noise is None:
+        steps.copy_(mean)
+        return
+    steps.normal_(generator=noise.generator).mul_(variance.clamp_min_(0.0).sqrt_())
+    steps.add_(mean)
 
 
 def _per_plane(per_cell: Tensor, tiles: int, planes: int, tile_rows: int) -> Tensor:
@@ -194,14 +219,15 @@ def ideal_read(
 
     Each tile and plane gives sum_i (code_i / M) * sign(w) bit_k(|w|) (M the DAC grid's largest
     code, ``dac.max_code``), the value a calibrated chip of ideal cells produces, then the ADC
-    as in the analog read. Emulates the ADC in QAT.
+    as in the analog read (bit by bit in bit-serial mode). Emulates the ADC in QAT.
     """
     device = inputs.device
     layout = TileLayout.from_config(weight_int.shape[1], weight_int.shape[0], hardware)
     dac = DigitalToAnalogConverter.from_config(hardware)
+    rows = dac.pulse_converter()
     adc = AnalogToDigitalConverter.from_config(hardware)
     planes = hardware.bit_planes
     difference = to_tile_major(signed_bit_planes(weight_int, planes), layout).to(device)
-    mean_lut = F.pad(dac.level_codes(device) / (dac.max_code * adc.step), (0, 1))
-    path = ReadPath(layout, dac, adc, mean_lut, difference)
-    return tiled_read(inputs, input_scale, path)
+    mean_lut = F.pad(rows.level_codes(device) / (rows.max_code * adc.step), (0, 1))
+    path = ReadPath(layout, rows, adc, mean_lut, difference)
+    return dac.read(inputs, input_scale, lambda x, scale: tiled_read(x, scale, path))

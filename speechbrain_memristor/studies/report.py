@@ -21,6 +21,13 @@
   ``program_pulse_time``, ``verify_read_energy`` and ``verify_read_time`` (one cell at a
   time: an upper bound on time).
 
+Bit-serial inputs (``dac_mode="bit_serial"``) take B read pulses per input vector (B = input
+bits, `ChipInventory.pulses`): B times the conversions, cell reads (each pulse at the full
+voltage, an upper bound) and latency, with 1-bit DAC conversions (2 steps of
+``dac_energy_per_step``). Energy per multiply-accumulate (one per weight and input vector)
+is reported beside the totals, and the last row is a digital baseline: the same MACs at
+DIGITAL_MAC_ENERGY.
+
 These are FIRST-ORDER ESTIMATES: no wires, buffers, digital shift-and-add, control or data
 movement; ADC energy follows a Walden figure of merit over p + r bits. Use them to compare
 settings, not as a chip's datasheet.
@@ -66,12 +73,20 @@ from speechbrain_memristor.physics.cell_models import ProgrammingStats, cell_mod
 from speechbrain_memristor.util.atomic import write_atomic
 from speechbrain_memristor.util.tables import csv_table, markdown_table
 
+# Digital baseline: energy of one 8-bit integer multiply-accumulate, 0.2 pJ (multiply) +
+# 0.03 pJ (add) in 45 nm CMOS at 0.9 V (M. Horowitz, "Computing's energy problem (and what we
+# can do about it)", ISSCC 2014); arithmetic only, no memory access or data movement.
+DIGITAL_MAC_ENERGY = 0.23e-12
+DIGITAL_BASELINE = "digital 8-bit MAC, 45 nm (Horowitz 2014)"
+
 FIRST_ORDER_NOTE = (
     "Energy and latency are first-order estimates from per-operation costs (HardwareConfig "
     "adc_energy_per_step, dac_energy_per_step, cell_read_time, tile_read_latency): converters "
     "and cell reads only, no wires, buffers, digital logic or data movement. Programming "
     "energy and time (once per chip): program_pulse_energy/time per pulse and "
-    "verify_read_energy/time per verify read, one cell at a time."
+    "verify_read_energy/time per verify read, one cell at a time. pJ/MAC: energy per "
+    "weight and input vector; last row: the same MACs on digital hardware at "
+    f"{DIGITAL_MAC_ENERGY * 1e12:.2f} pJ per 8-bit MAC ({DIGITAL_BASELINE}, arithmetic only)."
 )
 
 
@@ -161,18 +176,37 @@ class HardwareReport:
         )
         return totals
 
+    def digital_baseline(self) -> dict[str, float | int | str]:
+        """The model's MACs per frame (one per weight) at DIGITAL_MAC_ENERGY (J)."""
+        weights = sum(layer.weights for layer in self.layers)
+        return {
+            "source": DIGITAL_BASELINE,
+            "weights": weights,
+            "energy_per_mac": DIGITAL_MAC_ENERGY,
+            "energy": weights * DIGITAL_MAC_ENERGY,
+        }
+
     def to_dict(self) -> dict:
         return {
             "note": FIRST_ORDER_NOTE,
             "hardware": self.base,
             "layers": [asdict(layer) for layer in self.layers],
             "total": self.total(),
+            "digital_baseline": self.digital_baseline(),
         }
 
     def rows(self) -> list[list[str]]:
-        """Table rows (layers, then the total) as formatted strings, matching `COLUMNS`."""
+        """Table rows (layers, the total, the digital baseline) as formatted strings, matching
+        `COLUMNS`."""
         rows = [_format_row(asdict(layer), layer.name) for layer in self.layers]
         rows.append(_format_row(self.total(), "total"))
+        baseline = self.digital_baseline()
+        row = [""] * len(COLUMNS)
+        row[COLUMNS.index("layer")] = DIGITAL_BASELINE
+        row[COLUMNS.index("weights")] = str(baseline["weights"])
+        row[COLUMNS.index("energy nJ")] = f"{baseline['energy'] * 1e9:.4g}"
+        row[COLUMNS.index("pJ/MAC")] = f"{DIGITAL_MAC_ENERGY * 1e12:.3g}"
+        rows.append(row)
         return rows
 
     def markdown(self, title: str = "Hardware report") -> str:
@@ -212,6 +246,7 @@ COLUMNS = (
     "ADC nJ",
     "cells nJ",
     "energy nJ",
+    "pJ/MAC",
     "latency ns",
     "rel. RMS error",
     "verify attempts (1/2/...)",
@@ -254,6 +289,7 @@ def _format_row(values: Mapping, name: str) -> list[str]:
         nanojoules("adc_energy"),
         nanojoules("cell_energy"),
         nanojoules("energy"),
+        "n/a" if values["energy"] is None else f"{values['energy'] / values['weights'] * 1e12:.3g}",
         f"{values['latency'] * 1e9:.4g}",
         "" if error is None else f"{error:.4g}",
         "/".join(map(str, values.get("programming_attempts", ()))),
@@ -282,8 +318,10 @@ def adc_conversion_energy(hardware: HardwareConfig) -> float | None:
 
 
 def dac_conversion_energy(hardware: HardwareConfig) -> float:
-    """Joules per DAC conversion: dac_energy_per_step * 2^dac_bits."""
-    return hardware.dac_energy_per_step * 2.0**hardware.dac_bits
+    """Joules per DAC conversion: dac_energy_per_step * 2^dac_bits (2^1 for the 1-bit row
+    drivers of bit-serial inputs)."""
+    bits = 1 if hardware.dac_mode == "bit_serial" else hardware.dac_bits
+    return hardware.dac_energy_per_step * 2.0**bits
 
 
 @torch.no_grad()
@@ -309,7 +347,7 @@ def layer_inventory(
     cells = cell_model(hardware)
     low, high = float(cells.low(voltage)), float(cells.high(voltage))
     current_sum = counts.cells * low + chip.state_sum() * (high - low)
-    cell_energy = hardware.cell_read_time * hardware.input_voltage * current_sum
+    cell_energy = counts.pulses * hardware.cell_read_time * hardware.input_voltage * current_sum
 
     dac_energy = counts.dac_conversions * dac_conversion_energy(hardware)
     per_conversion = adc_conversion_energy(hardware)
@@ -333,7 +371,7 @@ def layer_inventory(
         adc_energy=adc_energy,
         cell_energy=cell_energy,
         energy=None if adc_energy is None else dac_energy + adc_energy + cell_energy,
-        latency=hardware.tile_read_latency,
+        latency=counts.pulses * hardware.tile_read_latency,
         relative_error=relative_error,
         hardware_changes={} if base is None else hardware_differences(base, hardware),
         **_programming_fields(chip.programming, hardware),

@@ -15,7 +15,9 @@ Grid axes (`AXES`): ``adc`` (pairs ``p/r``, or ``ideal``), ``adc_precision_bits`
 Synaptogen JSON path), ``initial_cycles``, ``initial_cycle_mode`` (``per_cell`` or
 ``per_array``), ``write_verify`` (``true``/``false``), ``verify_max_attempts``,
 ``verify_lrs_max_ohms`` and ``verify_hrs_min_ohms`` (ohms, ``null`` for the defaults),
-``stuck_lrs_rate``, ``stuck_hrs_rate``, ``num_chips``, ``hardware_seed``, ``weight_bits``
+``stuck_lrs_rate``, ``stuck_hrs_rate``, ``wire_resistance`` (ohms per segment),
+``wire_solver`` (``first_order`` or ``exact``), ``dac_mode`` (``parallel`` or
+``bit_serial``), ``num_chips``, ``hardware_seed``, ``weight_bits``
 (only the precisions the given runs were trained for, read from their checkpoints). The
 grid is the product of the axes. Every point is validated (a `HardwareConfig` is built for
 it) before any evaluation starts, and all problems are reported at once.
@@ -141,6 +143,9 @@ AXES: dict[str, Axis] = {
     "verify_hrs_min_ohms": Axis(_optional_float, ("verify_hrs_min_ohms",)),
     "stuck_lrs_rate": Axis(float, ("stuck_lrs_rate",)),
     "stuck_hrs_rate": Axis(float, ("stuck_hrs_rate",)),
+    "wire_resistance": Axis(float, ("wire_resistance",)),
+    "wire_solver": Axis(str, ("wire_solver",)),
+    "dac_mode": Axis(str, ("dac_mode",)),
     "hardware_seed": Axis(_integer, ("seed",)),
     "num_chips": Axis(_integer, ()),
     "weight_bits": Axis(_integer, ("weight_bits",)),

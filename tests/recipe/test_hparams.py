@@ -40,6 +40,9 @@ HARDWARE_KEYS = (
     "verify_voltage",
     "stuck_lrs_rate",
     "stuck_hrs_rate",
+    "wire_resistance",
+    "wire_solver",
+    "dac_mode",
 )
 PROGRAMMING_KEYS = {
     "initial_cycle_mode": "per_array",
@@ -50,6 +53,9 @@ PROGRAMMING_KEYS = {
     "verify_voltage": 0.1,
     "stuck_lrs_rate": 0.001,
     "stuck_hrs_rate": 0.002,
+    "wire_resistance": 0.5,
+    "wire_solver": "exact",
+    "dac_mode": "bit_serial",
 }
 
 

@@ -11,7 +11,13 @@ import torch
 from speechbrain_memristor.config import HardwareConfig
 from speechbrain_memristor.convert import convert, hardware_matmuls
 from speechbrain_memristor.physics.cell_models import device_params
-from speechbrain_memristor.studies.report import hardware_report, layer_errors
+from speechbrain_memristor.studies.report import (
+    COLUMNS,
+    DIGITAL_BASELINE,
+    DIGITAL_MAC_ENERGY,
+    hardware_report,
+    layer_errors,
+)
 
 
 def integer_weights(out_features: int, in_features: int, qmax: int, seed: int) -> torch.Tensor:
@@ -94,6 +100,23 @@ def test_energy_and_latency_follow_the_configured_costs():
     assert total["energy"] == pytest.approx(sum(layer.energy for layer in report.layers))
     assert total["latency"] == pytest.approx(4e-7)
 
+    # Bit-serial inputs: 7 pulses (8-bit symmetric DAC), each with its conversions and cell
+    # reads at full voltage, 1-bit DACs (2 steps), 7 read cycles.
+    serial = hardware_report(model_with_integers(hardware.replace(dac_mode="bit_serial"))[0])
+    for layer, parallel in zip(serial.layers, report.layers, strict=True):
+        assert layer.adc_conversions == 7 * parallel.adc_conversions
+        assert layer.dac_conversions == 7 * parallel.dac_conversions
+        assert layer.dac_energy == pytest.approx(layer.dac_conversions * 3e-16 * 2)
+        assert layer.cell_energy == pytest.approx(7 * parallel.cell_energy)
+        assert layer.latency == pytest.approx(7 * 2e-7)
+    baseline = report.digital_baseline()
+    weights = sum(layer.weights for layer in report.layers)
+    assert baseline["energy"] == pytest.approx(weights * DIGITAL_MAC_ENERGY)
+    row = report.rows()[-2]  # the total; pJ/MAC = energy / weights
+    assert float(row[COLUMNS.index("pJ/MAC")]) == pytest.approx(
+        total["energy"] / weights * 1e12, rel=1e-2
+    )
+
     ideal_adc = hardware.replace(adc_precision_bits=None, adc_range_bits=None)
     layer = hardware_report(model_with_integers(ideal_adc)[0]).layers[0]
     assert layer.adc_energy is None and layer.energy is None
@@ -136,7 +159,7 @@ def test_report_files_agree(tmp_path):
     paths = report.write(tmp_path)
     document = json.loads(paths["json"].read_text())
     rows = list(csv.DictReader(paths["csv"].open()))
-    assert [row["layer"] for row in rows] == ["0", "1", "total"]
+    assert [row["layer"] for row in rows] == ["0", "1", "total", DIGITAL_BASELINE]
     assert [layer["cells"] for layer in document["layers"]] == [int(r["cells"]) for r in rows[:2]]
     assert (
         int(rows[2]["cells"])
@@ -146,8 +169,8 @@ def test_report_files_agree(tmp_path):
     assert rows[0]["rel. RMS error"] == "0.25" and rows[1]["rel. RMS error"] == ""
     markdown = paths["md"].read_text()
     assert (
-        "first-order estimates" in markdown and markdown.count("\n| ") == 5
-    )  # header, separator, 2 layers, total
+        "first-order estimates" in markdown and markdown.count("\n| ") == 6
+    )  # header, separator, 2 layers, total, digital baseline
 
 
 def test_report_shows_programming_statistics_without_programming_the_model(tmp_path):
