@@ -53,7 +53,7 @@ class DemoError(RuntimeError):
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """What the demo builds (defaults: module README for the time on 2 CPU cores).
+    """What the demo builds; defaults take an estimated 25-30 minutes on 2 CPU cores (README).
 
     Arguments:
         out_dir: folder for the corpus, the experiments and the result table.
