@@ -4,8 +4,10 @@
 finds every weight matrix it can map and converts the selected ones in place:
 
 - `torch.nn.Linear` (also inside ``speechbrain.nnet.linear.Linear``) -> `MemristorLinear`,
-  `torch.nn.Conv1d` / `Conv2d` -> `MemristorConv1d` / `MemristorConv2d` (the child is replaced
-  by a layer sharing its Parameter objects);
+  `torch.nn.Conv1d` / `Conv2d` -> `MemristorConv1d` / `MemristorConv2d` (grouped ones mapped
+  group-wise), `torch.nn.LSTM` / `GRU` -> `MemristorLSTM` / `MemristorGRU` (one matrix per
+  ``weight_ih_l{k}`` / ``weight_hh_l{k}``); the child is replaced by a layer sharing its
+  Parameter objects;
 - a raw ``in_proj_weight`` applied with F.linear (SpeechBrain ``RelPosMHAXL``, ``RoPEMHA``) and
   the projections of `torch.nn.MultiheadAttention`: the module's class is swapped in place
   (`layers.attention`).
@@ -19,8 +21,9 @@ projection and ``<attention>.out_proj`` for an output projection. A pattern sele
 when it matches (`fnmatch`, ``*`` also spans dots) the matrix's name or the name of any module
 containing it; ``type:<Class>`` matches the class name (or dotted path) of the layer or of any
 containing module. A matrix is mapped when an ``include`` pattern selects it and no ``exclude``
-pattern does. ``include=None`` is `PAPER_CONFORMER_MAPPING`. Names are relative to the root(s)
-given, and each chip is seeded by (hardware seed, name). ``filter_fn(module, name)`` (as in
+pattern does. ``include=None`` is the default mapping for what the model contains (`mappings`:
+the paper's Conformer patterns plus those of each detected architecture). Names are relative
+to the root(s) given, and each chip is seeded by (hardware seed, name). ``filter_fn(module, name)`` (as in
 torchao's ``quantize_``) further restricts the selection: a matrix is mapped only when it also
 returns True for the module holding the matrix and the matrix's qualified name; with
 ``include=None`` and a ``filter_fn``, the filter alone decides (no default mapping).
@@ -32,6 +35,9 @@ earlier ones (later patterns win); the result is the matrix's own validated conf
 `HardwareMatmul.hardware`). A pattern that selects no mapped matrix, an unknown field, ``seed``
 (chips are seeded by the global seed and the layer name) and an invalid resulting config are
 errors naming the pattern (and the layer and field).
+
+Coverage (`coverage`): the log counts every parameter of the model (on crossbars, digital by
+choice, not mappable by type) and warns when the selection creates more than ``max_cells``.
 
 Per-module-type rules (which matrices a module holds, how to map them) live in `rules`.
 """
@@ -50,30 +56,23 @@ import torch
 from torch import Tensor
 
 from speechbrain_memristor.config import ADC_FIELDS, FIELD_NAMES, IDEAL_ADC, HardwareConfig
-from speechbrain_memristor.crossbar import ChipInventory
+from speechbrain_memristor.coverage import (
+    CELL_BUDGET_FACTOR,
+    Coverage,
+    MatrixCells,
+    count_coverage,
+)
+from speechbrain_memristor.crossbar.grouped import matrix_inventory
 from speechbrain_memristor.layers.base import HardwareLayer
 from speechbrain_memristor.layers.matmul import HardwareMatmul
 from speechbrain_memristor.layers.modes import check_execution
+from speechbrain_memristor.mappings import PAPER_CONFORMER_MAPPING as PAPER_CONFORMER_MAPPING
+from speechbrain_memristor.mappings import default_mapping
 from speechbrain_memristor.rules import SUPPORTED, ConversionRule, MatrixSite, rule_for
 from speechbrain_memristor.util.tables import aligned_table
 
 logger = logging.getLogger(__name__)
 
-# The paper's mapping for SpeechBrain Conformer blocks: both feed-forward modules, the fused
-# Q/K/V input projection and the output projection of self-attention (RelPosMHAXL/RoPEMHA, or
-# nn.MultiheadAttention under `att` for attention_type regularMHA), and the two pointwise
-# convolutions of the convolution module. linear_pos, the depthwise convolution, the frontend
-# and the output layer stay digital.
-PAPER_CONFORMER_MAPPING: tuple[str, ...] = (
-    "*.ffn_module1",
-    "*.ffn_module2",
-    "*.mha_layer.in_proj_weight",
-    "*.mha_layer.out_proj",
-    "*.mha_layer.att.in_proj_weight",
-    "*.mha_layer.att.out_proj",
-    "*.convolution_module.bottleneck",
-    "*.convolution_module.after_conv",
-)
 TYPE_PREFIX = "type:"
 
 Model = torch.nn.Module | Mapping[str, torch.nn.Module]
@@ -277,16 +276,20 @@ def _select(
     if include is None and filter_fn is not None:
         chosen = list(walk.matrices)
     else:
-        patterns = PAPER_CONFORMER_MAPPING if include is None else tuple(include)
+        patterns = default_mapping(m for _, m in walk.modules) if include is None else include
         chosen = [m for m in walk.matrices if any(_selects(p, m) for p in patterns)]
     chosen = [m for m in chosen if not any(_selects(p, m) for p in exclude or ())]
     if filter_fn is not None:
         chosen = [m for m in chosen if filter_fn(m.module, m.name)]
     if include is None and filter_fn is None and not chosen and not walk.converted:
+        names = [matrix.name for matrix in walk.matrices]
+        found = ", ".join(names[:8]) + (" ..." if len(names) > 8 else "") or "none"
         raise ValueError(
-            "The default mapping (PAPER_CONFORMER_MAPPING: Conformer feed-forward, attention "
-            "projections, pointwise convolutions) selects nothing in this model; pass include "
-            "patterns, e.g. include=['*'] for every supported layer."
+            "The default mapping (README 'Default mappings': Conformer, Branchformer, "
+            "Transformer and recurrent blocks) selects nothing in this model. Its mappable "
+            f"weight matrices: {found}. Pass include patterns naming the layers to map, e.g. "
+            f"include={names[:1] or ['*.layers.*']}, or by type, e.g. include=['type:Linear'] "
+            "(convert's coverage() shows their parameters and cells before converting)."
         )
     for matrix in chosen:
         _check_fits(matrix)
@@ -423,24 +426,43 @@ def _map_selected(
             setattr(first.parent, first.attribute, replacement)
 
 
+def _coverage(
+    model: Model, walk: _Walk, selected: list[_Matrix], configs: Mapping[str, HardwareConfig]
+) -> Coverage:
+    """`Coverage` of the model once ``selected`` is mapped (earlier conversions included)."""
+    mapped = [matrix.weight for matrix in selected]
+    for _, layer in walk.converted:
+        mapped += layer.mapped_parameters()
+    cells = []
+    for matrix in selected:
+        inventory = matrix_inventory(*matrix.shape, configs[matrix.name], matrix.site.groups)
+        cells.append(MatrixCells(matrix.name, inventory.cells))
+    return count_coverage(_roots(model), mapped, [m.weight for m in walk.matrices], cells)
+
+
+def _default_max_cells(coverage: Coverage, hardware: HardwareConfig) -> int:
+    return CELL_BUDGET_FACTOR * coverage.total * 2 * hardware.bit_planes
+
+
 def _log_table(
     matrices: list[_Matrix],
     configs: Mapping[str, HardwareConfig],
     execution: str,
     hardware: HardwareConfig,
+    coverage: Coverage,
 ) -> None:
+    # Grouped convolutions: out channels x rows per group (each group's matrix on its own).
     rows = [("layer", "type", "matrix (out x in)", "mapping", "cells", "hardware")]
-    mapped_weights = total_weights = 0
     for matrix in matrices:
         out_features, in_features = matrix.shape
         config = configs.get(matrix.name)
-        inventory = ChipInventory.of(out_features, in_features, config or hardware)
-        total_weights += inventory.weights
-        mapped_weights += inventory.weights if config is not None else 0
+        groups = matrix.site.groups
+        inventory = matrix_inventory(out_features, in_features, config or hardware, groups)
+        kind = matrix.site.kind if groups == 1 else f"{matrix.site.kind}, {groups} groups"
         rows.append(
             (
                 matrix.name,
-                matrix.site.kind,
+                kind,
                 f"{out_features} x {in_features}",
                 "digital" if config is None else "hardware",
                 "-" if config is None else f"{inventory.cells:,}",
@@ -450,19 +472,58 @@ def _log_table(
             )
         )
     logger.info(
-        "Memristor conversion: %d of %d weight matrices mapped (%s of %s weights), "
+        "Memristor conversion: %d of %d mappable weight matrices mapped, %s cells; %s; "
         "execution=%s, weight_bits=%d, tiles %dx%d (column hardware: per-layer settings "
         "that differ):\n%s",
         len(configs),
         len(matrices),
-        f"{mapped_weights:,}",
-        f"{total_weights:,}",
+        f"{coverage.cells:,}",
+        coverage.summary(),
         execution,
         hardware.weight_bits,
         hardware.tile_rows,
         hardware.tile_cols,
         aligned_table(rows),
     )
+
+
+def _plan(
+    model: Model,
+    hardware: HardwareConfig,
+    include: Sequence[str] | None,
+    exclude: Sequence[str] | None,
+    filter_fn: FilterFn | None,
+    layer_hardware: LayerHardware | None,
+) -> tuple[_Walk, list[_Matrix], dict[str, HardwareConfig], Coverage]:
+    """Checked arguments -> (walk, selected matrices, their configs, coverage)."""
+    if not isinstance(hardware, HardwareConfig):
+        raise TypeError(
+            f"hardware must be a HardwareConfig, got {type(hardware).__name__}; build one with "
+            "HardwareConfig(...) or HardwareConfig.preset(name)."
+        )
+    for argument, value in (("include", include), ("exclude", exclude)):
+        if isinstance(value, str):
+            raise TypeError(f"{argument} must be a list of patterns, got the string {value!r}.")
+    if filter_fn is not None and not callable(filter_fn):
+        raise TypeError(f"filter_fn must be callable(module, name) -> bool, got {filter_fn!r}.")
+    checked = check_layer_hardware(layer_hardware)
+    walk = _find_matrices(model)
+    selected = _select(walk, include, exclude, filter_fn)
+    configs = _layer_configs(walk, selected, hardware, checked)
+    return walk, selected, configs, _coverage(model, walk, selected, configs)
+
+
+def coverage(
+    model: Model,
+    hardware: HardwareConfig,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    filter_fn: FilterFn | None = None,
+    layer_hardware: LayerHardware | None = None,
+) -> Coverage:
+    """What `convert` with these arguments would map (a dry run: the model is not changed):
+    every parameter of the model by mapping, and the cells of the selection."""
+    return _plan(model, hardware, include, exclude, filter_fn, layer_hardware)[3]
 
 
 def convert(
@@ -473,35 +534,34 @@ def convert(
     exclude: Sequence[str] | None = None,
     filter_fn: FilterFn | None = None,
     layer_hardware: LayerHardware | None = None,
+    max_cells: int | None = None,
 ) -> Model:
     """Map the selected weight matrices of ``model`` onto hardware, in place; returns ``model``.
 
     ``model``: a module, or a mapping of names to modules (each a root; names get the key as
-    prefix). ``include``: patterns (module docstring); None = `PAPER_CONFORMER_MAPPING` (or,
-    with ``filter_fn``, every matrix). ``exclude``: patterns removed from the selection.
+    prefix). ``include``: patterns (module docstring); None = the default mapping for what the
+    model contains (`mappings.default_mapping`; with ``filter_fn``, every matrix).
+    ``exclude``: patterns removed from the selection.
     ``filter_fn(module, name)``: keep a selected matrix only if it returns True. Each explicit
     pattern must select something; layers converted by an earlier call are left as they are.
     ``layer_hardware``: per-layer settings {pattern: {HardwareConfig field: value}} (module
-    doc); each pattern must select a mapped matrix. Logs a table of every weight matrix with
-    its mapping and per-layer settings.
+    doc); each pattern must select a mapped matrix. ``max_cells``: warn (naming the layers
+    responsible) when the selection creates more cells (None: `coverage.CELL_BUDGET_FACTOR`
+    times the cells of every model parameter mapped once). Logs a table of every mappable
+    weight matrix with its mapping and per-layer settings, and the coverage of the whole model.
     """
-    if not isinstance(hardware, HardwareConfig):
-        raise TypeError(
-            f"hardware must be a HardwareConfig, got {type(hardware).__name__}; build one with "
-            "HardwareConfig(...) or HardwareConfig.preset(name)."
-        )
     execution = check_execution(execution)
-    for argument, value in (("include", include), ("exclude", exclude)):
-        if isinstance(value, str):
-            raise TypeError(f"{argument} must be a list of patterns, got the string {value!r}.")
-    if filter_fn is not None and not callable(filter_fn):
-        raise TypeError(f"filter_fn must be callable(module, name) -> bool, got {filter_fn!r}.")
-    layer_hardware = check_layer_hardware(layer_hardware)
-    walk = _find_matrices(model)
-    selected = _select(walk, include, exclude, filter_fn)
-    configs = _layer_configs(walk, selected, hardware, layer_hardware)
+    if max_cells is not None and (isinstance(max_cells, bool) or not isinstance(max_cells, int)):
+        raise TypeError(f"max_cells must be an int (cells) or None, got {max_cells!r}.")
+    walk, selected, configs, covered = _plan(
+        model, hardware, include, exclude, filter_fn, layer_hardware
+    )
+    limit = _default_max_cells(covered, hardware) if max_cells is None else max_cells
+    warning = covered.cell_warning(limit)
+    if warning is not None:
+        logger.warning("Memristor conversion: %s", warning)
     _map_selected(selected, configs, execution)
-    _log_table(walk.matrices, configs, execution, hardware)
+    _log_table(walk.matrices, configs, execution, hardware, covered)
     return model
 
 

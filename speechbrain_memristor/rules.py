@@ -19,18 +19,25 @@ from speechbrain_memristor.config import HardwareConfig
 from speechbrain_memristor.layers.attention import map_in_projection, map_multihead_attention
 from speechbrain_memristor.layers.conv import MemristorConv1d, MemristorConv2d
 from speechbrain_memristor.layers.linear import MemristorLinear
+from speechbrain_memristor.layers.recurrent import (
+    MemristorGRU,
+    MemristorLSTM,
+    recurrent_matrix_names,
+)
 
 
 @dataclass(frozen=True)
 class MatrixSite:
     """A weight matrix inside a module: name suffix ('' for the module itself), crossbar shape
-    [out, in], and the extra containing modules its patterns may name."""
+    [out, in] (grouped convolutions: [out, in per group], ``groups`` of them), and the extra
+    containing modules its patterns may name."""
 
     suffix: str
     shape: tuple[int, int]
     role: str  # which of the module's matrices ("weight", "in_proj", "out_proj")
     kind: str  # the type shown in the conversion log
     extra_scopes: tuple[tuple[str, torch.nn.Module], ...] = ()
+    groups: int = 1
 
 
 class ConversionRule:
@@ -80,7 +87,9 @@ class LinearRule(ConversionRule):
 
 
 class ConvolutionRule(ConversionRule):
-    """Conv1d / Conv2d: the crossbar matrix is [out_channels, in_channels * taps]."""
+    """Conv1d / Conv2d: the crossbar matrix is [out_channels, in_channels * taps]; grouped
+    ones hold one [out_channels / groups, in_channels / groups * taps] matrix per group,
+    mapped group-wise (`crossbar.grouped`)."""
 
     replaces_module = True
 
@@ -92,9 +101,9 @@ class ConvolutionRule(ConversionRule):
         return isinstance(module, self.torch_class)
 
     def sites(self, module: torch.nn.Module, name: str) -> list[MatrixSite]:
-        taps = module.weight[0, 0].numel()
-        shape = (module.out_channels, module.in_channels * taps)
-        return [MatrixSite("", shape, "weight", self.torch_class.__name__)]
+        shape = (module.out_channels, module.weight[0].numel())
+        kind = self.torch_class.__name__
+        return [MatrixSite("", shape, "weight", kind, groups=module.groups)]
 
     def map(self, module, names, hardware, execution):
         return self.hardware_class.from_conv(
@@ -168,16 +177,47 @@ class InProjectionRule(ConversionRule):
         map_in_projection(module, hardware["in_proj"], execution, names["in_proj"])
 
 
+class RecurrentRule(ConversionRule):
+    """`torch.nn.LSTM` / `torch.nn.GRU` (``proj_size`` 0): every layer and direction's
+    ``weight_ih_l{k}[_reverse]`` and ``weight_hh_l{k}[_reverse]``, one crossbar each
+    (`layers.recurrent`); the module is replaced by one sharing its Parameters."""
+
+    replaces_module = True
+
+    def __init__(self, torch_class: type, hardware_class: type):
+        self.torch_class = torch_class
+        self.hardware_class = hardware_class
+
+    def matches(self, module: torch.nn.Module) -> bool:
+        return type(module) is self.torch_class and not module.proj_size
+
+    def sites(self, module: torch.nn.Module, name: str) -> list[MatrixSite]:
+        kind = self.torch_class.__name__
+        return [
+            MatrixSite(role, tuple(getattr(module, role).shape), role, f"{kind}_{role[7:9]}")
+            for role in recurrent_matrix_names(module)
+        ]
+
+    def weight(self, module: torch.nn.Module, role: str) -> Tensor:
+        return getattr(module, role)
+
+    def map(self, module, names, hardware, execution):
+        return self.hardware_class.from_rnn(module, hardware, execution, names)
+
+
 RULES: Sequence[ConversionRule] = (
     MultiheadAttentionRule(),
     LinearRule(),
     ConvolutionRule(torch.nn.Conv1d, MemristorConv1d),
     ConvolutionRule(torch.nn.Conv2d, MemristorConv2d),
     InProjectionRule(),
+    RecurrentRule(torch.nn.LSTM, MemristorLSTM),
+    RecurrentRule(torch.nn.GRU, MemristorGRU),
 )
 SUPPORTED = (
     "torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, attention modules with a raw "
-    "in_proj_weight (RelPosMHAXL, RoPEMHA) and torch.nn.MultiheadAttention"
+    "in_proj_weight (RelPosMHAXL, RoPEMHA), torch.nn.MultiheadAttention, torch.nn.LSTM and "
+    "torch.nn.GRU (proj_size 0)"
 )
 
 

@@ -26,7 +26,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("physics",),
     ("crossbar",),
     ("layers",),
-    ("convert", "rules"),
+    ("convert", "rules", "coverage", "mappings"),
     ("brain",),
     ("studies",),
     ("app",),

@@ -22,6 +22,10 @@ class HardwareLayer:
         """(matmul, crossbar weight [out, in]) of every mapped weight matrix."""
         raise NotImplementedError
 
+    def mapped_parameters(self) -> list[Tensor]:
+        """The Parameters whose values the mapped matrices hold (for coverage counts)."""
+        return [weight for _, weight in self.projections()]
+
     def hardware_matmuls(self) -> list[HardwareMatmul]:
         """The `HardwareMatmul` of every mapped weight matrix."""
         return [matmul for matmul, _ in self.projections()]

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from speechbrain_memristor.config import HardwareConfig
-from speechbrain_memristor.crossbar import Crossbar
+from speechbrain_memristor.crossbar import ChipInventory, Crossbar
 from speechbrain_memristor.crossbar.read import ideal_read
 from speechbrain_memristor.crossbar.weight_noise import calibrate_weight_noise
 from speechbrain_memristor.layers.hardware_aware import (
@@ -282,6 +282,10 @@ class HardwareMatmul(torch.nn.Module):
         self._program_seed = seed
         self.chip = self.build_chip(weight)
         self._programmed_for = self._program_key(weight)
+
+    def inventory(self, weight: Tensor) -> ChipInventory:
+        """Cells, tiles and conversions of ``weight`` [out, in] on this matmul's hardware."""
+        return ChipInventory.of(weight.shape[0], weight.shape[1], self.hardware)
 
     def quantizer_state(self) -> dict[str, Tensor]:
         """Calibration state of the input quantizer (observed min and max)."""

@@ -65,7 +65,6 @@ from speechbrain_memristor.convert import (
     hardware_layers,
     hardware_matmuls,
 )
-from speechbrain_memristor.crossbar import ChipInventory
 from speechbrain_memristor.crossbar.layout import magnitude_bit_planes
 from speechbrain_memristor.layers.matmul import HardwareMatmul
 from speechbrain_memristor.layers.modes import Execution, check_execution
@@ -336,8 +335,8 @@ def layer_inventory(
     programmed states: the layer's chip when it holds ``weight``, else a chip programmed for
     the report alone (seed: the layer's chip seed) and not kept; the layer is left as it was."""
     hardware = matmul.hardware
-    out_features, in_features = weight.shape
-    counts = ChipInventory.of(out_features, in_features, hardware)
+    counts = matmul.inventory(weight)
+    out_features, in_features = counts.out_features, counts.in_features
     magnitudes = matmul.weight_quantizer.integers(weight).detach().abs().cpu()
     lrs_cells = int(magnitude_bit_planes(magnitudes, hardware.bit_planes).sum())
 
