@@ -58,12 +58,14 @@ def _run_make_corpus(args: argparse.Namespace) -> int:
 def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="the whole study on synthesized speech: float vs QAT vs analog chips (~20 min)",
+        help="the whole study on synthesized speech: float vs QAT vs hardware-aware training, "
+        "evaluated on analog chips",
         description=(
             "Synthesize a TED-LIUM 2 style corpus, train a float and a QAT Conformer CTC with the "
-            "TED-LIUM 2 recipe, evaluate test WER in digital, fake_quant and analog execution on "
-            "several programmed chips, and write results.{md,csv,json} and a plot. A rerun "
-            "resumes where the last one stopped."
+            "TED-LIUM 2 recipe, fine-tune the QAT model with each hardware-aware training method, "
+            "evaluate dev and test WER in digital, fake_quant and analog execution on several "
+            "programmed chips, and write results.{md,csv,json} and a plot. A rerun resumes where "
+            "the last one stopped."
         ),
     )
     from speechbrain_memristor.app.demo import DemoSettings
@@ -78,8 +80,16 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
         ("--utterances", defaults.utterances, "corpus size, all splits"),
         ("--float-epochs", defaults.float_epochs, "float baseline epochs"),
         ("--qat-epochs", defaults.qat_epochs, "QAT fine-tuning epochs"),
+        ("--hardware-aware-epochs", defaults.hardware_aware_epochs, "epochs per method"),
     ):
         parser.add_argument(option, type=int, default=value, help=f"{meaning} (default: {value})")
+    methods = ",".join(defaults.hardware_aware) or "none"
+    parser.add_argument(
+        "--hardware-aware",
+        default=methods,
+        help="hardware-aware fine-tuning stages after QAT, comma-separated "
+        f"(chip_in_the_loop, noise_injection; none: no stage; default: {methods})",
+    )
     parser.set_defaults(handler=_run_demo)
 
 
@@ -91,15 +101,19 @@ def _run_demo(args: argparse.Namespace) -> int:
     from speechbrain_memristor.app.demo import DemoError, DemoSettings, markdown_table, run_demo
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    settings = DemoSettings(
-        out_dir=Path(args.out),
-        utterances=args.utterances,
-        weight_bits=args.weight_bits,
-        chips=args.chips,
-        float_epochs=args.float_epochs,
-        qat_epochs=args.qat_epochs,
-    )
     try:
+        settings = DemoSettings(
+            out_dir=Path(args.out),
+            utterances=args.utterances,
+            weight_bits=args.weight_bits,
+            chips=args.chips,
+            float_epochs=args.float_epochs,
+            qat_epochs=args.qat_epochs,
+            hardware_aware=tuple(
+                method for method in args.hardware_aware.split(",") if method not in ("", "none")
+            ),
+            hardware_aware_epochs=args.hardware_aware_epochs,
+        )
         summary = run_demo(settings)
     except (CorpusError, DemoError) as error:
         print(f"{PROGRAM} demo: error: {error}", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""The one-command demo: synthesized speech -> float and QAT Conformers -> WER on ReRAM chips.
+"""The one-command demo: synthesized speech -> float, QAT and hardware-aware Conformers -> WER
+on ReRAM chips.
 
 Steps, each resumable (a rerun skips finished steps and SpeechBrain resumes training from its
 checkpoints):
@@ -7,11 +8,16 @@ checkpoints):
 2. ``float/``: the recipe's own ``train.py`` trains the demo Conformer CTC in ``digital``
    execution (the float baseline) and writes its test WER.
 3. ``qat_<b>bit/``: the same recipe fine-tunes the float model with quantization-aware
-   training (``fake_quant``) at ``b``-bit weights and evaluates test WER in ``digital``,
-   ``fake_quant`` and ``analog`` execution on several programmed chips.
-4. ``qat_<b>bit/hardware_report.{md,csv,json}``: the hardware report of the QAT model
+   training (``fake_quant``) at ``b``-bit weights (the recipe's fine-tuning schedule) and
+   evaluates dev and test WER in ``digital``, ``fake_quant`` and ``analog`` execution on
+   several programmed chips.
+4. ``<method>_<b>bit/``: for each hardware-aware training method (`layers.hardware_aware`),
+   the recipe fine-tunes the QAT model further with that method (validated in ``analog`` on
+   the recipe's validation chip, never a test chip) and evaluates it the same way.
+5. ``qat_<b>bit/hardware_report.{md,csv,json}``: the hardware report of the QAT model
    (inventory, first-order energy and latency, per-layer analog error), made in process.
-5. ``results.{md,csv,json}`` and ``wer_by_execution.png`` in the output folder.
+6. ``results.{md,csv,json}`` and ``wer_by_execution.png`` in the output folder: dev and test
+   WER per model and execution, and each row's relative degradation against the float model.
 
 Training and evaluation run in the recipe's own scripts; this module only orchestrates them.
 """
@@ -25,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from speechbrain_memristor.brain.results import EvaluationTable
+from speechbrain_memristor.layers.hardware_aware import check_training_method
 from speechbrain_memristor.studies.plots import plot_wer_by_execution
 from speechbrain_memristor.studies.report import report_trained_run
 from speechbrain_memristor.studies.runs import RunError, bundled_recipe
@@ -37,6 +44,7 @@ from speechbrain_memristor.util.tables import markdown_table as render_markdown
 logger = logging.getLogger(__name__)
 
 DEMO_HPARAMS = "hparams/demo_conformer_ctc.yaml"
+SPLITS = ("dev", "test")
 
 
 class DemoError(RuntimeError):
@@ -45,7 +53,7 @@ class DemoError(RuntimeError):
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """What the demo builds; defaults take about 20 minutes on 2 CPU cores.
+    """What the demo builds; defaults take an estimated 25-30 minutes on 2 CPU cores (README).
 
     Arguments:
         out_dir: folder for the corpus, the experiments and the result table.
@@ -56,6 +64,12 @@ class DemoSettings:
         float_epochs: training epochs of the float baseline.
         qat_epochs: QAT fine-tuning epochs, starting from the float baseline.
         hardware_preset: a `speechbrain_memristor.HardwareConfig.preset` name.
+        hardware_aware: hardware-aware training methods, each a fine-tuning stage of the QAT
+            model (`layers.hardware_aware.TRAINING_METHODS`; () for none).
+        hardware_aware_epochs: epochs of each hardware-aware stage.
+        hardware_aware_lr, hardware_aware_warmup_steps: the fine-tuning schedule's peak and
+            warm-up of the hardware-aware stages (None: the recipe's finetune_lr and
+            finetune_warmup_steps, as for QAT).
     """
 
     out_dir: Path = Path("demo_output")
@@ -66,8 +80,17 @@ class DemoSettings:
     float_epochs: int = 35
     qat_epochs: int = 5
     hardware_preset: str = "paper"
+    hardware_aware: tuple[str, ...] = ("chip_in_the_loop", "noise_injection")
+    hardware_aware_epochs: int = 2
+    hardware_aware_lr: float | None = 1e-4  # chip in the loop, dev WER: 1e-4 beat 5e-4
+    hardware_aware_warmup_steps: int | None = 20
 
     def __post_init__(self) -> None:
+        for method in self.hardware_aware:
+            try:
+                check_training_method(method, "hardware_aware")
+            except ValueError as error:
+                raise DemoError(str(error)) from None
         # The recipe runs in its own folder: a relative out_dir must mean the caller's folder.
         object.__setattr__(self, "out_dir", Path(self.out_dir).resolve())
 
@@ -78,6 +101,9 @@ class DemoSettings:
     @property
     def qat_folder(self) -> Path:
         return self.out_dir / f"qat_{self.weight_bits}bit"
+
+    def hardware_aware_folder(self, method: str) -> Path:
+        return self.out_dir / f"{method}_{self.weight_bits}bit"
 
 
 def recipe_folder() -> Path:
@@ -122,20 +148,42 @@ def _hardware_overrides(settings: DemoSettings) -> dict[str, object]:
     return {"hardware_preset": settings.hardware_preset, "weight_bits": settings.weight_bits}
 
 
-def evaluation_table(folder: Path) -> EvaluationTable | None:
-    """The memristor test table a recipe run wrote in ``folder`` (None if not there yet)."""
-    return EvaluationTable.read(folder, "test")
+def evaluation_table(folder: Path, split: str = "test") -> EvaluationTable | None:
+    """The memristor table of ``split`` a recipe run wrote in ``folder`` (None if not there)."""
+    return EvaluationTable.read(folder, split)
 
 
-def train_and_evaluate(settings: DemoSettings, release: Path) -> tuple[dict, dict]:
-    """Float baseline and QAT model, each trained and evaluated unless already done."""
+def _fine_tune(
+    settings: DemoSettings, folder: Path, init_from: Path, epochs: int, common: dict, **extra
+) -> None:
+    """Fine-tune the model of ``init_from`` in ``folder`` and evaluate it (unless done)."""
+    if evaluation_table(folder) is not None:
+        return
+    run_recipe(
+        folder,
+        {
+            **common,
+            "output_folder": folder,
+            "execution": "analog",
+            "init_from": init_from / "save",
+            "number_of_epochs": epochs,
+            "num_chips": settings.chips,
+            **extra,
+        },
+        "recipe_log.txt",
+    )
+
+
+def train_and_evaluate(settings: DemoSettings, release: Path) -> dict[str, dict]:
+    """Float baseline, QAT model and hardware-aware models, each trained and evaluated unless
+    already done; {model label: {split: EvaluationTable}}."""
     common = {
         "data_folder": release,
         "prepared_folder": settings.out_dir / "prepared",
         **_hardware_overrides(settings),
     }
     if evaluation_table(settings.float_folder) is None:
-        logger.info("Step 2/5: float baseline (digital execution)")
+        logger.info("Step 2/6: float baseline (digital execution)")
         run_recipe(
             settings.float_folder,
             {
@@ -146,69 +194,98 @@ def train_and_evaluate(settings: DemoSettings, release: Path) -> tuple[dict, dic
             },
             "recipe_log.txt",
         )
-    if evaluation_table(settings.qat_folder) is None:
-        logger.info("Step 3/5: %d-bit QAT and analog evaluation", settings.weight_bits)
-        run_recipe(
-            settings.qat_folder,
-            {
-                **common,
-                "output_folder": settings.qat_folder,
-                "execution": "analog",
-                "init_from": settings.float_folder / "save",
-                "number_of_epochs": settings.qat_epochs,
-                "num_chips": settings.chips,
-            },
-            "recipe_log.txt",
-        )
-    float_table = evaluation_table(settings.float_folder)
-    qat_table = evaluation_table(settings.qat_folder)
-    if float_table is None or qat_table is None:
-        raise DemoError("A recipe run finished without writing memristor_test.json.")
-    return float_table, qat_table
-
-
-def summarize(
-    settings: DemoSettings, float_table: EvaluationTable, qat_table: EvaluationTable
-) -> dict:
-    """Result rows (model, execution, chips, WER mean/std/min/max) and the relative degradation."""
-    float_wer = float_table.metrics("digital")[0]
-    rows = [_row("float", "digital", [float_wer])]
     qat_model = f"QAT {settings.weight_bits}-bit"
-    for execution in ("digital", "fake_quant", "analog"):
-        values = qat_table.metrics(execution)
-        if values:
-            rows.append(_row(qat_model, execution, values))
-    analog = rows[-1]
+    stages = {"float": settings.float_folder, qat_model: settings.qat_folder}
+    logger.info("Step 3/6: %d-bit QAT and analog evaluation", settings.weight_bits)
+    _fine_tune(settings, settings.qat_folder, settings.float_folder, settings.qat_epochs, common)
+    for method in settings.hardware_aware:
+        logger.info("Step 4/6: hardware-aware fine-tuning (%s)", method)
+        folder = settings.hardware_aware_folder(method)
+        epochs = settings.hardware_aware_epochs
+        # Validated on the recipe's validation chip: after training on chips, fake_quant
+        # WER no longer predicts them (and no test chip picks the checkpoint).
+        extra = {"training_method": method, "valid_execution": "analog"}
+        for key, value in (
+            ("finetune_lr", settings.hardware_aware_lr),
+            ("finetune_warmup_steps", settings.hardware_aware_warmup_steps),
+        ):
+            if value is not None:
+                extra[key] = value
+        _fine_tune(settings, folder, settings.qat_folder, epochs, common, **extra)
+        stages[f"{qat_model} + {method.replace('_', ' ')}"] = folder
+    tables = {}
+    for model, folder in stages.items():
+        tables[model] = {split: evaluation_table(folder, split) for split in SPLITS}
+        if None in tables[model].values():
+            raise DemoError(f"The recipe run in {folder} wrote no memristor_{{dev,test}}.json.")
+    return tables
+
+
+def summarize(settings: DemoSettings, tables: dict[str, dict]) -> dict:
+    """Result rows (model, execution, chips; per split WER mean/std/min/max, the chips' WERs
+    and the relative degradation against the float model), and the analog figures of the model
+    with the lowest mean analog dev WER (chosen on dev only)."""
+    float_tables, *_ = tables.values()
+    float_wers = {split: float_tables[split].metrics("digital")[0] for split in SPLITS}
+    rows = []
+    for model, by_split in tables.items():
+        for execution in ("digital",) if model == "float" else ("digital", "fake_quant", "analog"):
+            wers = {split: by_split[split].metrics(execution) for split in SPLITS}
+            if all(wers.values()):
+                rows.append(_row(model, execution, wers, float_wers))
+    analog = min(
+        (row for row in rows if row["execution"] == "analog"), key=lambda row: row["dev_wer_mean"]
+    )
     return {
         "settings": {key: str(value) for key, value in asdict(settings).items()},
-        "hardware": qat_table.hardware,
+        "hardware": by_split["test"].hardware,
         "rows": rows,
-        "float_wer": float_wer,
-        "analog_wer_mean": analog["wer_mean"],
-        "relative_degradation": (analog["wer_mean"] - float_wer) / float_wer,
-        "chip_wers": analog["wers"],
+        "float_wer": float_wers["test"],
+        "float_wer_dev": float_wers["dev"],
+        "model": analog["model"],
+        "analog_wer_mean": analog["test_wer_mean"],
+        "relative_degradation": analog["test_vs_float"],
+        "relative_degradation_dev": analog["dev_vs_float"],
+        "chip_wers": analog["test_wers"],
     }
 
 
-def _row(model: str, execution: str, wers: list[float]) -> dict:
-    statistics = {f"wer_{key}": value for key, value in summary_statistics(wers).items()}
-    chips = len(wers) if execution == "analog" else ""
-    return {"model": model, "execution": execution, "chips": chips, **statistics, "wers": wers}
+def _row(model: str, execution: str, wers: dict, float_wers: dict) -> dict:
+    row = {"model": model, "execution": execution, "chips": ""}
+    for split in SPLITS:
+        statistics = summary_statistics(wers[split])
+        row.update({f"{split}_wer_{key}": value for key, value in statistics.items()})
+        row[f"{split}_wers"] = wers[split]
+        row[f"{split}_vs_float"] = (statistics["mean"] - float_wers[split]) / float_wers[split]
+    if execution == "analog":
+        row["chips"] = len(wers["test"])
+    return row
 
 
-COLUMNS = ("model", "execution", "chips", "wer_mean", "wer_std", "wer_min", "wer_max")
+STATISTICS = ("wer_mean", "wer_std", "wer_min", "wer_max", "vs_float")
+COLUMNS = ("model", "execution", "chips") + tuple(
+    f"{split}_{key}" for split in SPLITS for key in STATISTICS
+)
 
 
 def markdown_table(summary: dict) -> str:
-    """The result table as Markdown, with the relative degradation below it."""
-    rows = [
-        [row["model"], row["execution"], row["chips"], *(f"{row[key]:.2f}" for key in COLUMNS[3:])]
-        for row in summary["rows"]
-    ]
-    columns = ("model", "execution", "chips", "WER % mean", "std", "min", "max")
+    """The result table as Markdown (WER mean +- std over chips, relative degradation against
+    the float model per split), with the dev-chosen model's analog degradation below it."""
+    rows = []
+    for row in summary["rows"]:
+        cells = [row["model"], row["execution"], row["chips"]]
+        for split in SPLITS:
+            mean, std = row[f"{split}_wer_mean"], row[f"{split}_wer_std"]
+            cells.append(f"{mean:.2f} +- {std:.2f}" if row["chips"] else f"{mean:.2f}")
+            cells.append(f"{100 * row[f'{split}_vs_float']:+.1f} %")
+        rows.append(cells)
+    columns = ("model", "execution", "chips", "dev WER %", "dev vs float")
+    columns += ("test WER %", "test vs float")
     return render_markdown(columns, rows) + (
-        "\nRelative WER degradation of analog execution (mean over chips) versus the float "
-        f"baseline: {100 * summary['relative_degradation']:+.1f} %\n"
+        f"\nBest analog model by dev WER: {summary['model']}; relative WER degradation of its "
+        "analog execution (mean over chips) versus the float baseline: "
+        f"{100 * summary['relative_degradation']:+.1f} % on test, "
+        f"{100 * summary['relative_degradation_dev']:+.1f} % on dev\n"
     )
 
 
@@ -216,15 +293,15 @@ def run_demo(settings: DemoSettings) -> dict:
     """Run every step (skipping finished ones) and write the results; returns the summary."""
     from speechbrain_memristor.app.corpus.layout import make_corpus
 
-    logger.info("Step 1/5: synthesized TED-LIUM 2 corpus")
+    logger.info("Step 1/6: synthesized TED-LIUM 2 corpus")
     release = make_corpus(
         settings.out_dir / "corpus", utterances=settings.utterances, seed=settings.corpus_seed
     )
-    float_table, qat_table = train_and_evaluate(settings, release)
-    logger.info("Step 4/5: hardware report of the QAT model")
+    tables = train_and_evaluate(settings, release)
+    logger.info("Step 5/6: hardware report of the QAT model")
     report = hardware_report(settings)
-    logger.info("Step 5/5: results")
-    summary = summarize(settings, float_table, qat_table)
+    logger.info("Step 6/6: results")
+    summary = summarize(settings, tables)
     summary["hardware_report"] = str(report)
     rows = [[row[key] for key in COLUMNS] for row in summary["rows"]]
     write_atomic(settings.out_dir / "results.json", json.dumps(summary, indent=2) + "\n")

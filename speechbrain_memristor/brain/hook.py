@@ -12,6 +12,18 @@ hparams::
         test_execution: analog
         chips: 10                       # analog test on chips of seeds s, s+1, ..., s+9
         compare: [digital, fake_quant]  # also tabulate these once each
+        training_method: chip_in_the_loop   # or noise_injection; null: plain QAT
+        reprogram_every: 50             # chip in the loop: new training chips every 50 steps
+
+Hardware-aware training (`speechbrain_memristor.layers.hardware_aware`): with a
+``training_method`` the fake_quant training stage takes the forward value of training chips
+(``chip_in_the_loop``) or of calibrated noisy weights (``noise_injection``) and keeps
+fake_quant's gradient. The hook counts training batches (``training_step``, checkpointed):
+before batch t it reprograms the training chips from the current weights when
+t // reprogram_every starts a new round (global seed `training_chip_seed`(seed, round), a text,
+so never an evaluation chip's) and seeds the step's noise from (seed, t) only, never the rank:
+every DDP rank holds the same chips, and a run resumed from an intra-epoch checkpoint (which
+saves the step and the chips' programmed integers) continues identically.
 
 The recipe's Brain (`MemristorBrain`) converts its modules through the hook, switches modes
 per stage and runs the evaluation plan; see `speechbrain_memristor.brain.memristor_brain`.
@@ -46,6 +58,7 @@ from speechbrain_memristor.convert import (
     LayerHardware,
     check_layer_hardware,
     convert,
+    hardware_layers,
     hardware_matmuls,
     layer_configs,
     load_quantizer_state_dict,
@@ -53,12 +66,20 @@ from speechbrain_memristor.convert import (
     set_chip_seed,
     set_execution,
 )
+from speechbrain_memristor.layers.hardware_aware import (
+    TrainingMethod,
+    check_training_method,
+    training_chip_seed,
+    training_step_seed,
+)
+from speechbrain_memristor.layers.matmul import HardwareMatmul, TrainingChipSource
 from speechbrain_memristor.layers.modes import Execution, check_execution
 
 logger = logging.getLogger(__name__)
 
 COMPARABLE_MODES = ("digital", "fake_quant")
 CHECKPOINT_NAME = "memristor"
+VALIDATION_SEED_OFFSET = 2**62
 
 
 @register_checkpoint_hooks
@@ -69,7 +90,9 @@ class MemristorHook:
         hardware: the simulated hardware.
         train_execution: mode of the training stage ("fake_quant" for QAT, or "digital";
             None: "fake_quant").
-        valid_execution: mode of validation (None: same as training).
+        valid_execution: mode of validation (None: same as training; "analog" validates on
+            the chip of `validation_seed`, never an evaluation chip; after chip-in-the-loop
+            training, fake_quant validation no longer predicts the chips).
         test_execution: mode of ``evaluate`` ("analog" runs once per chip; None: "analog").
         execution: one switch for recipes, instead of the two above: "digital" trains and
             tests digitally, "fake_quant" trains and tests fake-quantized, "analog" trains
@@ -88,6 +111,9 @@ class MemristorHook:
         metric_key: field passed to ``summarize`` (None: call it without argument).
         metric_name: column title of the metric.
         output_folder: folder of the result tables (None: the Brain's hparams.output_folder).
+        training_method: hardware-aware training of the fake_quant training stage,
+            "chip_in_the_loop" or "noise_injection" (`layers.hardware_aware`; None: plain QAT).
+        reprogram_every: chip in the loop: training steps (batches) per set of training chips.
     """
 
     def __init__(
@@ -107,6 +133,8 @@ class MemristorHook:
         metric_key: str | None = "error_rate",
         metric_name: str = "WER",
         output_folder: str | os.PathLike | None = None,
+        training_method: str | None = None,
+        reprogram_every: int = 1,
     ):
         if not isinstance(hardware, HardwareConfig):
             raise TypeError(
@@ -127,6 +155,23 @@ class MemristorHook:
                 raise ValueError(
                     f"MemristorHook.compare contains {mode!r}; choose from {COMPARABLE_MODES}."
                 )
+        method = check_training_method(training_method, "MemristorHook.training_method")
+        if method is not None and train_execution != Execution.FAKE_QUANT:
+            raise ValueError(
+                f"MemristorHook.training_method={method.value!r} needs fake_quant training, but "
+                f"train_execution is {train_execution.value!r}; use execution: analog (or "
+                "fake_quant), or set training_method: null."
+            )
+        if isinstance(reprogram_every, bool) or not isinstance(reprogram_every, int):
+            reprogram_every = -1
+        if reprogram_every < 1:
+            raise ValueError(
+                f"MemristorHook.reprogram_every={reprogram_every!r} is invalid: expected an "
+                "integer >= 1 (training steps per set of training chips)."
+            )
+        self.training_method = method
+        self.reprogram_every = reprogram_every
+        self.training_step = 0
         self.hardware = hardware if seed is None else hardware.replace(seed=seed)
         self.train_execution = train_execution
         self.valid_execution = valid_execution or train_execution
@@ -167,6 +212,8 @@ class MemristorHook:
             layer_hardware=self.layer_hardware,
         )
         self.model = model
+        for matmul in hardware_matmuls(model):
+            matmul.training_method = self.training_method
 
     def layer_configs(self) -> dict[str, dict]:
         """{layer name: its effective hardware fields} of every mapped matrix (chip seed: the
@@ -198,14 +245,50 @@ class MemristorHook:
         if stage == sb.Stage.TRAIN:
             self.synchronize_quantizers()
 
+    @property
+    def validation_seed(self) -> int:
+        """Chip seed of analog validation: (seed + 2^62) mod 2^63, never an evaluation chip's
+        (seed + k for k < chips, as long as chips < 2^62), so checkpoints are not selected on
+        a test chip."""
+        return (self.seed + VALIDATION_SEED_OFFSET) % 2**63
+
     def use_stage(self, stage: sb.Stage) -> None:
-        """Switch to the configured mode of ``stage`` (first chip)."""
+        """Switch to the configured mode of ``stage`` (first chip; analog validation: the
+        validation chip)."""
         modes = {
             sb.Stage.TRAIN: self.train_execution,
             sb.Stage.VALID: self.valid_execution,
             sb.Stage.TEST: self.test_execution,
         }
-        self.use(modes[stage])
+        analog_validation = stage == sb.Stage.VALID and modes[stage] == Execution.ANALOG
+        self.use(modes[stage], self.validation_seed if analog_validation else None)
+
+    def _projections(self) -> list[tuple[HardwareMatmul, torch.Tensor]]:
+        """(matmul, weight) of every mapped matrix, once each."""
+        pairs: dict[int, tuple[HardwareMatmul, torch.Tensor]] = {}
+        for _, layer in hardware_layers(self._converted()):
+            for matmul, weight in layer.projections():
+                pairs.setdefault(id(matmul), (matmul, weight))
+        return list(pairs.values())
+
+    def start_train_batch(self, batch: object = None) -> None:
+        """Before each training batch: new training chips at the start of a round (chip in the
+        loop) and the step's noise seeds (with a training method), then count the step."""
+        del batch
+        step = self.training_step
+        self.training_step = step + 1
+        if self.training_method is None:
+            return
+        step_seed = training_step_seed(self.seed, step)
+        seed = training_chip_seed(self.seed, step // self.reprogram_every)
+        for matmul, weight in self._projections():
+            if self.training_method == TrainingMethod.CHIP_IN_THE_LOOP:
+                source = matmul.training_chip_source
+                if source is None or source.seed != seed:
+                    matmul.program_training_chip(weight, seed)
+                elif matmul.training_chip is None:  # restored from a checkpoint
+                    matmul.restore_training_chip(source, weight.device)
+            matmul.begin_training_step(step_seed, weight.device)
 
     def evaluation_plan(self) -> list[tuple[str, int | None]]:
         """(execution, chip seed) of each test pass: comparisons first, then the test mode."""
@@ -279,7 +362,8 @@ class MemristorHook:
     def save(self, path: str | os.PathLike) -> None:
         """Save quantizer calibration, hardware config (with its version), chip seed, the
         per-layer settings (``layer_hardware``) and every layer's effective config
-        (``layer_configs``; not the chips)."""
+        (``layer_configs``; not the chips), and the hardware-aware training step with what
+        the training chips were programmed from."""
         torch.save(
             {
                 "quantizers": quantizer_state_dict(self._converted()),
@@ -288,6 +372,12 @@ class MemristorHook:
                 "seed": self.seed,
                 "layer_hardware": self.layer_hardware,
                 "layer_configs": self.layer_configs(),
+                "training_step": self.training_step,
+                "training_chips": {
+                    matmul.name: matmul.training_chip_source._asdict()
+                    for matmul in hardware_matmuls(self._converted())
+                    if matmul.training_chip_source is not None
+                },
             },
             path,
         )
@@ -320,6 +410,12 @@ class MemristorHook:
         if changed:
             logger.info("Hardware differs from the checkpoint's (saved, now): %s", changed)
         self._log_layer_differences(saved, os.fspath(path))
+        self.training_step = saved.get("training_step", 0)
+        sources = saved.get("training_chips", {})
+        for matmul in hardware_matmuls(self._converted()):
+            if matmul.name in sources:  # rebuilt at the next training batch
+                matmul.training_chip_source = TrainingChipSource(**sources[matmul.name])
+                matmul.training_chip = None
 
     def _log_layer_differences(self, saved: Mapping, source: str) -> None:
         """Log how the saved per-layer settings differ from the current ones (checkpoints

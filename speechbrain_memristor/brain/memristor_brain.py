@@ -8,10 +8,12 @@ hparams hold a `MemristorHook` (found automatically).
 ``--test_only``, which skips ``on_fit_start``. Only SpeechBrain's public hooks are used: the
 recipe's ``on_stage_start`` and ``on_stage_end`` are wrapped when the class is defined (recipes
 often override them without calling super), so that every training and validation stage
-starts in its execution mode and every training stage ends with the DDP ranks' quantizer
-ranges merged (once per epoch). ``evaluate`` runs the test set once per entry of the hook's
-evaluation plan and writes the result table (main process only); under torchrun the passes
-(chips) or the test data are spread over the ranks (`speechbrain_memristor.brain.scale_out`).
+starts in its execution mode, every training stage ends with the DDP ranks' quantizer
+ranges merged (once per epoch), and every training batch starts with the hook's hardware-aware
+training step (``on_fit_batch_start``: training chips and noise seeds). ``evaluate`` runs the
+test set once per entry of the hook's evaluation plan and writes the result table (main process
+only); under torchrun the passes (chips) or the test data are spread over the ranks
+(`speechbrain_memristor.brain.scale_out`).
 """
 
 from __future__ import annotations
@@ -46,8 +48,8 @@ _WRAPPED = "_memristor_stage_wrapper"
 
 
 def _stage_wrapper(method: Callable, action: str) -> Callable:
-    """``method(self, stage, ...)`` preceded by ``self.memristor.<action>(stage)``, once per
-    call chain (an override that calls super() does not repeat it)."""
+    """``method(self, first, ...)`` preceded by ``self.memristor.<action>(first)`` (``first``:
+    the stage, or the batch of ``on_fit_batch_start``), once per call chain (an override that calls super() does not repeat it)."""
 
     @functools.wraps(method)
     def wrapper(self, stage, *args, **kwargs):
@@ -64,7 +66,11 @@ def _stage_wrapper(method: Callable, action: str) -> Callable:
     return wrapper
 
 
-STAGE_HOOKS = {"on_stage_start": "enter_stage", "on_stage_end": "end_stage"}
+STAGE_HOOKS = {
+    "on_stage_start": "enter_stage",
+    "on_stage_end": "end_stage",
+    "on_fit_batch_start": "start_train_batch",
+}
 
 
 class MemristorBrain(sb.Brain):

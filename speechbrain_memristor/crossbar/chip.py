@@ -242,6 +242,12 @@ class Crossbar(torch.nn.Module):
         """Cells above the smallest r* (handled by the exact sparse correction)."""
         return int(self.rare_rows.numel())
 
+    def reseed_read_noise(self, read_seed: int) -> None:
+        """Restart the read-noise stream from ``read_seed`` (chip in the loop: one stream per
+        training step, so a resumed or DDP run draws the same noise)."""
+        self.read_seed = read_seed
+        self._generator = None
+
     def _noise(self) -> ReadNoise | None:
         if self.noise_model is None:
             return None

@@ -13,9 +13,16 @@ passes its weight [out, in] and bias at each call.
   and the ADC, then is rescaled by weight_scale * input_scale * Q_a (on either DAC grid,
   `HardwareConfig.dac_grid`; fake_quant rounds inputs onto the same grid) and the bias added
   digitally. Analog execution is inference only: its output carries no gradient.
+
+Hardware-aware training (`layers.hardware_aware`): with a ``training_method``, ``fake_quant``
+training forwards take the value of a training chip (``chip_in_the_loop``, programmed by
+`program_training_chip`) or of calibrated noisy weights (``noise_injection``) and keep
+fake_quant's gradient; `begin_training_step` seeds the step's noise.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -24,9 +31,24 @@ from torch import Tensor
 from speechbrain_memristor.config import HardwareConfig
 from speechbrain_memristor.crossbar import ChipInventory, Crossbar
 from speechbrain_memristor.crossbar.read import ideal_read
+from speechbrain_memristor.crossbar.weight_noise import calibrate_weight_noise
+from speechbrain_memristor.layers.hardware_aware import (
+    TrainingMethod,
+    check_training_method,
+    straight_through,
+)
 from speechbrain_memristor.layers.modes import Execution, check_execution
 from speechbrain_memristor.layers.quantizers import ActivationQuantizer, WeightQuantizer
 from speechbrain_memristor.util.seeding import stable_seed
+
+
+class TrainingChipSource(NamedTuple):
+    """What a training chip was programmed from: int8 weight integers [out, in] (CPU), the
+    weight scale and the global seed; the chip is a pure function of these and the config."""
+
+    weight_int: Tensor
+    weight_scale: float
+    seed: int | str
 
 
 def _check_hardware(hardware: HardwareConfig) -> HardwareConfig:
@@ -57,6 +79,11 @@ class HardwareMatmul(torch.nn.Module):
         self.chip: Crossbar | None = None
         self._program_seed: int | None = None  # a seed given to program(), else hardware.seed
         self._programmed_for: tuple | None = None
+        self._training_method: TrainingMethod | None = None
+        self.training_chip: Crossbar | None = None
+        self.training_chip_source: TrainingChipSource | None = None
+        self._noise_generator: torch.Generator | None = None
+        self._programmed_weight: Tensor | None = None  # the training chip's weights [out, in]
 
     @property
     def hardware(self) -> HardwareConfig:
@@ -88,6 +115,15 @@ class HardwareMatmul(torch.nn.Module):
     def execution(self, execution: str) -> None:
         self._execution = check_execution(execution)
 
+    @property
+    def training_method(self) -> str | None:
+        """Hardware-aware training method (`layers.hardware_aware`; None: plain QAT)."""
+        return None if self._training_method is None else self._training_method.value
+
+    @training_method.setter
+    def training_method(self, method: str | None) -> None:
+        self._training_method = check_training_method(method)
+
     def extra_repr(self) -> str:
         return f"execution={self.execution!r}, name={self.name!r}"
 
@@ -107,8 +143,13 @@ class HardwareMatmul(torch.nn.Module):
     def _fake_quant(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         x_q = self.input_quantizer(x)
         w_q = self.weight_quantizer(weight)
+        method = self._training_method if self.training else None
+        if method == TrainingMethod.NOISE_INJECTION:
+            w_q = straight_through(self._noisy_weight(weight), w_q)
         y = F.linear(x_q, w_q)
-        if self.hardware.adc_in_training and self.hardware.has_adc:
+        if method == TrainingMethod.CHIP_IN_THE_LOOP:
+            y = straight_through(self._training_read(x, x_q, w_q, weight), y)
+        elif self.hardware.adc_in_training and self.hardware.has_adc:
             with torch.no_grad():
                 input_scale = self.input_quantizer.scale()
                 inputs = x.detach().reshape(-1, weight.shape[1]).float()
@@ -118,6 +159,68 @@ class HardwareMatmul(torch.nn.Module):
                 y_adc = (values * gain).reshape(y.shape).to(y.dtype)
             y = y + (y_adc - y).detach()
         return y if bias is None else y + bias
+
+    @torch.no_grad()
+    def _noisy_weight(self, weight: Tensor) -> Tensor:
+        """Weights with calibrated programming and read noise (`crossbar.weight_noise`)."""
+        noise = calibrate_weight_noise(self.hardware)
+        w_int = self.weight_quantizer.integers(weight)
+        return noise.sample(w_int, self._noise_generator) * self.weight_quantizer.scale(weight)
+
+    @torch.no_grad()
+    def _training_read(self, x: Tensor, x_q: Tensor, w_q: Tensor, weight: Tensor) -> Tensor:
+        """Analog read [..., out] of the training chip (no bias), at the input quantizer's
+        scale, plus x_q (w_q - w_programmed)^T: the fake-quantized weights' change since the
+        chip was programmed, applied digitally, so that the value follows every update
+        between reprogrammings (zero right after programming: the read alone)."""
+        if self.training_chip is None:
+            raise RuntimeError(
+                f"Layer {self.name or '<unnamed>'!r} trains chip_in_the_loop but has no training "
+                "chip; call program_training_chip(weight, seed) first (MemristorHook does at "
+                "each training batch)."
+            )
+        chip = self.training_chip
+        input_scale = self.input_quantizer.scale()
+        values = chip.read(x.detach().reshape(-1, weight.shape[1]), input_scale)
+        values.mul_(chip.weight_scale * input_scale * self.hardware.dac_qmax)
+        values = values.reshape(*x.shape[:-1], weight.shape[0]).to(x.dtype)
+        if self._programmed_weight is None or self._programmed_weight.device != weight.device:
+            source = self.training_chip_source
+            assert source is not None
+            programmed = source.weight_int.to(weight.device, weight.dtype) * source.weight_scale
+            self._programmed_weight = programmed
+        change = w_q.detach() - self._programmed_weight
+        return values if not change.any() else values.add_(F.linear(x_q.detach(), change))
+
+    @torch.no_grad()
+    def program_training_chip(self, weight: Tensor, seed: int | str) -> None:
+        """Program ``weight`` [out, in] onto the training chip of global ``seed``
+        (`hardware_aware.training_chip_seed`); evaluation chips are left alone."""
+        source = TrainingChipSource(
+            self.weight_quantizer.integers(weight).to(torch.int8).cpu(),
+            self.weight_quantizer.scale(weight).item(),
+            seed,
+        )
+        self.restore_training_chip(source, weight.device)
+
+    def restore_training_chip(self, source: TrainingChipSource, device: torch.device) -> None:
+        """Rebuild the training chip from a saved `TrainingChipSource`, on ``device``."""
+        self.training_chip = Crossbar.program(
+            source.weight_int.float(),
+            source.weight_scale,
+            self.hardware,
+            self.chip_seed(source.seed),
+        ).to(device)
+        self.training_chip_source = source
+        self._programmed_weight = None
+
+    def begin_training_step(self, step_seed: int, device: torch.device) -> None:
+        """Restart this layer's training noise (chip read noise, injected weight noise) from
+        (``step_seed``, name)."""
+        seed = stable_seed(step_seed, self.name)
+        if self.training_chip is not None:
+            self.training_chip.reseed_read_noise(seed)
+        self._noise_generator = torch.Generator(device=device).manual_seed(seed)
 
     @torch.no_grad()
     def _analog(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -155,7 +258,7 @@ class HardwareMatmul(torch.nn.Module):
         """True when the current chip holds ``weight`` with the current settings and seed."""
         return self.chip is not None and self._programmed_for == self._program_key(weight)
 
-    def chip_seed(self, seed: int | None = None) -> int:
+    def chip_seed(self, seed: int | str | None = None) -> int:
         """Stable seed of this layer's chip: hash of (seed or hardware.seed, name)."""
         return stable_seed(self.hardware.seed if seed is None else seed, self.name)
 

@@ -125,23 +125,47 @@ def plot_sweep(results: dict, axes: list[str], folder: Path) -> list[Path]:
     return [path for path in written if path is not None]
 
 
-def plot_wer_by_execution(rows: list[dict], path: Path) -> Path:
-    """Bar chart of WER by model and execution (rows with ``model``, ``execution``,
-    ``wer_mean``, ``wer_std``, ``wers``); analog rows also show each chip."""
-    labels = [f"{row['model']}\n{row['execution']}" for row in rows]
-    figure, axes = pyplot().subplots(figsize=(1.8 * len(rows) + 1, 4))
-    positions = range(len(rows))
-    axes.bar(
-        positions,
-        [row["wer_mean"] for row in rows],
-        yerr=[row["wer_std"] for row in rows],
-        capsize=4,
-        color=["0.6"] + ["C0"] * (len(rows) - 2) + ["C3"],
+def plot_wer_by_execution(
+    rows: list[dict], path: Path, splits: tuple[str, ...] = ("dev", "test"), target: float = 0.1
+) -> Path:
+    """WER by model and execution (left) and each row's relative WER degradation against the
+    float model (right), a bar per split. ``rows``: ``model``, ``execution`` and per split
+    ``<split>_wer_mean``, ``<split>_wer_std``, ``<split>_wers``, ``<split>_vs_float``; analog
+    rows also show each chip; ``target``: a dashed line at that relative degradation."""
+    labels = [f"{row['model']}\n{row['execution']}".replace(" + ", "\n+ ") for row in rows]
+    figure, (wer_axis, relative_axis) = pyplot().subplots(
+        1, 2, figsize=(2 * (1.1 * len(rows) + 1), 4.5)
     )
-    for position, row in zip(positions, rows, strict=True):
-        if row["execution"] == "analog":
-            axes.scatter([position] * len(row["wers"]), row["wers"], color="k", s=12, zorder=3)
-    axes.set_xticks(list(positions), labels)
-    axes.set_ylabel("test WER (%)")
-    axes.set_title("WER by execution mode (dots: individual chips)")
+    width = 0.8 / len(splits)
+    for index, split in enumerate(splits):
+        positions = [k + (index - (len(splits) - 1) / 2) * width for k in range(len(rows))]
+        wer_axis.bar(
+            positions,
+            [row[f"{split}_wer_mean"] for row in rows],
+            width,
+            yerr=[row[f"{split}_wer_std"] for row in rows],
+            capsize=3,
+            color=f"C{index}",
+            label=split,
+        )
+        for position, row in zip(positions, rows, strict=True):
+            if row["execution"] == "analog":
+                chips = row[f"{split}_wers"]
+                wer_axis.scatter([position] * len(chips), chips, color="k", s=8, zorder=3)
+        relative_axis.bar(
+            positions,
+            [100 * row[f"{split}_vs_float"] for row in rows],
+            width,
+            color=f"C{index}",
+            label=split,
+        )
+    relative_axis.axhline(100 * target, color="k", linestyle="--", label=f"+{100 * target:g} %")
+    for axis in (wer_axis, relative_axis):
+        axis.set_xticks(range(len(rows)), labels, fontsize=6)
+        axis.legend(fontsize=7)
+    wer_axis.set_ylabel("WER (%)")
+    wer_axis.set_title("WER by execution (dots: individual chips)")
+    relative_axis.set_ylabel("relative WER degradation vs float (%)")
+    relative_axis.set_title("Degradation against the float model")
+    figure.tight_layout()
     return save_figure(figure, path)

@@ -128,22 +128,47 @@ def test_qat_initializes_from_another_run_and_rejects_an_empty_folder(release, t
 def test_demo_runs_end_to_end_and_resumes(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a relative --out (README's default) names the caller's folder
     settings = demo.DemoSettings(
-        out_dir=Path("demo"), utterances=30, float_epochs=1, qat_epochs=1, chips=2
+        out_dir=Path("demo"),
+        utterances=30,
+        float_epochs=1,
+        qat_epochs=1,
+        chips=2,
+        hardware_aware=("chip_in_the_loop", "noise_injection"),
+        hardware_aware_epochs=1,
+        hardware_aware_lr=1e-4,
     )
     assert settings.out_dir == (tmp_path / "demo").resolve()
     summary = demo.run_demo(settings)
     rows = {(row["model"], row["execution"]): row for row in summary["rows"]}
-    assert set(rows) == {
-        ("float", "digital"),
-        ("QAT 3-bit", "digital"),
-        ("QAT 3-bit", "fake_quant"),
-        ("QAT 3-bit", "analog"),
-    }
-    analog = rows[("QAT 3-bit", "analog")]
-    assert analog["chips"] == 2 and len(analog["wers"]) == 2
-    assert analog["wer_min"] <= analog["wer_mean"] <= analog["wer_max"]
-    expected = (analog["wer_mean"] - summary["float_wer"]) / summary["float_wer"]
-    assert summary["relative_degradation"] == pytest.approx(expected)
+    models = ["QAT 3-bit", "QAT 3-bit + chip in the loop", "QAT 3-bit + noise injection"]
+    expected_rows = [("float", "digital")] + [
+        (model, execution) for model in models for execution in ("digital", "fake_quant", "analog")
+    ]
+    assert list(rows) == expected_rows
+    for model in models:
+        analog = rows[(model, "analog")]
+        assert analog["chips"] == 2
+        for split in ("dev", "test"):
+            assert len(analog[f"{split}_wers"]) == 2
+            assert analog[f"{split}_wer_min"] <= analog[f"{split}_wer_mean"]
+            assert analog[f"{split}_wer_mean"] <= analog[f"{split}_wer_max"]
+            float_wer = rows[("float", "digital")][f"{split}_wer_mean"]
+            expected = (analog[f"{split}_wer_mean"] - float_wer) / float_wer
+            assert analog[f"{split}_vs_float"] == pytest.approx(expected)
+    best = min(models, key=lambda model: rows[(model, "analog")]["dev_wer_mean"])
+    assert summary["model"] == best  # chosen on dev only
+    chosen = rows[(best, "analog")]
+    assert summary["relative_degradation"] == chosen["test_vs_float"]
+    assert summary["relative_degradation_dev"] == chosen["dev_vs_float"]
+    assert summary["float_wer"] == rows[("float", "digital")]["test_wer_mean"]
+    # Each hardware-aware stage fine-tuned the QAT model with its method.
+    for method in settings.hardware_aware:
+        log = (settings.hardware_aware_folder(method) / "recipe_log.txt").read_text()
+        assert f"--training_method={method}" in log and "--valid_execution=analog" in log
+        assert "--finetune_lr=0.0001" in log and "--finetune_warmup_steps=20" in log
+        assert f"--init_from={settings.qat_folder / 'save'}" in log
+    with pytest.raises(demo.DemoError, match="hardware_aware='chip'"):
+        demo.DemoSettings(hardware_aware=("chip",))
     for name in ("results.md", "results.csv", "results.json", "wer_by_execution.png"):
         assert (settings.out_dir / name).stat().st_size > 0
     assert (settings.out_dir / "wer_by_execution.png").read_bytes()[:4] == b"\x89PNG"

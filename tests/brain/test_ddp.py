@@ -188,3 +188,50 @@ def test_quantizer_merge_equals_one_observer_of_all_ranks(tmp_path):
                 layer.input_quantizer.observe(torch.tensor(HAND_SET_RANGES[layer.name][rank]))
     observed = {key: value.item() for key, value in quantizer_state_dict(single.model).items()}
     assert observed == expected["minmax"]
+
+
+def chip_in_the_loop_worker(rank: int, port: int, folder: str) -> None:
+    """One rank training 2 chip-in-the-loop steps (new chips each step); records every
+    training chip and its read-noise seed before each step."""
+    init_rank(rank, port)
+    try:
+        hparams = load_hparams(folder, epochs=1, training_method="chip_in_the_loop")
+        brain = make_brain(CTCBrain, hparams, distributed_backend="gloo")
+        hook, start = brain.memristor, brain.memristor.start_train_batch
+        chips = []
+
+        def recording_start(batch) -> None:
+            start(batch)
+            chips.append(
+                {
+                    m.name: (m.training_chip_source.seed, m.training_chip.read_seed)
+                    + m.training_chip.states()
+                    for m in hardware_matmuls(hook.model)
+                }
+            )
+
+        hook.start_train_batch = recording_start
+        # 4 utterances, 2 per rank, batch 1 per rank: two synchronized steps.
+        train_opts = {"batch_size": 1}
+        brain.fit(hparams["epoch_counter"], toy_dataset(0, count=4), train_loader_kwargs=train_opts)
+        torch.save(chips, pathlib.Path(folder) / f"chips{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ddp_ranks_train_on_identical_chips(tmp_path):
+    torch.multiprocessing.spawn(
+        chip_in_the_loop_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD_SIZE, join=True
+    )
+    first, second = (torch.load(tmp_path / f"chips{rank}.pt") for rank in range(WORLD_SIZE))
+    assert len(first) == len(second) == 2  # two steps on each rank
+    for mine, theirs in zip(first, second, strict=True):
+        assert set(mine) == set(theirs) and len(mine) == 16
+        for name, (seed, read_seed, *states) in mine.items():
+            their_seed, their_read_seed, *their_states = theirs[name]
+            assert seed == their_seed and read_seed == their_read_seed, name
+            for state, their_state in zip(states, their_states, strict=True):
+                assert torch.equal(state, their_state), name
+    # Each step trained on new chips (reprogram_every 1) with a new read-noise stream.
+    name = next(iter(first[0]))
+    assert first[0][name][0] != first[1][name][0] and first[0][name][1] != first[1][name][1]
