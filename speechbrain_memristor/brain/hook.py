@@ -99,7 +99,9 @@ class MemristorHook:
             fake-quantized (QAT) and tests on the chips. Giving it together with
             train_execution or test_execution is an error.
         include, exclude: layer patterns (`speechbrain_memristor.convert`); include None is the
-            paper's Conformer mapping.
+            default mapping for what the model contains (the paper's for a Conformer).
+        max_cells: warn when the mapped layers need more cells than this (None: the convert
+            default, a few times the model's weight count; `speechbrain_memristor.convert`).
         layer_hardware: per-layer settings, layer pattern -> HardwareConfig field overrides
             (e.g. ``{"*.mha_layer.out_proj": {"adc_precision_bits": 6}}``; later patterns win;
             `speechbrain_memristor.convert`), applied at conversion.
@@ -126,6 +128,7 @@ class MemristorHook:
         include: Sequence[str] | None = None,
         exclude: Sequence[str] | None = None,
         layer_hardware: LayerHardware | None = None,
+        max_cells: int | None = None,
         chips: int = 1,
         seed: int | None = None,
         compare: Sequence[str] = (),
@@ -179,6 +182,7 @@ class MemristorHook:
         self.include = None if include is None else list(include)
         self.exclude = None if exclude is None else list(exclude)
         self.layer_hardware = check_layer_hardware(layer_hardware)
+        self.max_cells = max_cells
         self.chips = chips
         self.compare = compare
         self.metric = metric
@@ -210,6 +214,7 @@ class MemristorHook:
             self.include,
             self.exclude,
             layer_hardware=self.layer_hardware,
+            max_cells=self.max_cells,
         )
         self.model = model
         for matmul in hardware_matmuls(model):

@@ -93,3 +93,24 @@ def test_an_unknown_saved_hardware_field_is_an_error(tmp_path):
     torch.save(saved, path)
     with pytest.raises(ValueError, match=r"unknown field\(s\) \['crossbar_magic'\]"):
         hook.load(path)
+
+
+def test_the_hook_passes_its_cell_budget_to_the_conversion(caplog):
+    # A 16 -> 8 Linear at the default 3-bit weights needs 16 * 8 * 2 * 2 = 512 cells: a budget
+    # of 100 must warn and name the layer, the default budget (a few times the weights) must not.
+    def hooked(max_cells):
+        hook = MemristorHook(HardwareConfig(), include=["net.layer"], max_cells=max_cells)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            hook.convert({"net": _net()})
+        return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+    assert not hooked(None)
+    (warning,) = hooked(100)
+    assert "creates 512 cells, more than max_cells=100" in warning and "net.layer" in warning
+
+
+def _net() -> torch.nn.Module:
+    net = torch.nn.Module()
+    net.layer = torch.nn.Linear(16, 8)
+    return net
