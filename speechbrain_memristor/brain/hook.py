@@ -38,8 +38,9 @@ stay in use); chips themselves are never saved: they are a pure function of
 the weights change.
 
 Evaluation: the Brain runs the test set once per entry of `MemristorHook.evaluation_plan`
-and the hook writes the result table (`results`). Under DDP (torchrun) every rank converts
-and programs the same chips: chip seeds depend only on (seed, layer name).
+and the hook writes the result table (`results`). Chip seeds depend only on (seed, layer name),
+so a chip is the same on every rank; under DDP (torchrun) the plan's passes, or the test data,
+are spread over the ranks (`speechbrain_memristor.brain.scale_out`).
 """
 
 from __future__ import annotations
