@@ -22,14 +22,15 @@ logger = logging.getLogger(__name__)
 # Version of the saved form of HardwareConfig (`HardwareConfig.to_dict` with
 # `CONFIG_VERSION` saved beside it). Bump it when a field is added; `from_saved` fills fields
 # missing from older saves with their defaults.
-CONFIG_VERSION = 3  # 2: initial_cycle_mode, write-verify, stuck-at faults, programming costs
-# 3: wire_resistance, wire_solver, dac_mode
+CONFIG_VERSION = 4  # 2: initial_cycle_mode, write-verify, stuck-at faults, programming costs
+# 3: wire_resistance, wire_solver, dac_mode; 4: programming_device
 
 READ_NOISE_MODES = ("off", "physical", "synaptogenml")
 DAC_GRIDS = ("symmetric", "synaptogenml")
 OBSERVERS = ("minmax", "moving_average")
 CELL_MODELS = ("synaptogen", "ideal")
 INITIAL_CYCLE_MODES = ("per_cell", "per_array")
+PROGRAMMING_DEVICES = ("cpu", "weights")
 WIRE_SOLVERS = ("first_order", "exact")
 DAC_MODES = ("parallel", "bit_serial")
 # `HardwareConfig.for_recipe`: the word for an ideal ADC in a recipe's ADC keys.
@@ -150,6 +151,12 @@ class HardwareConfig:
     separate read with its own ADC conversions per plane, tile and column; the digital
     periphery adds the converted bit reads with weights 2^b / M.
 
+    ``programming_device``: where the device model programs a layer's chip. "cpu" (default):
+    on the CPU, then moved to the weights' device, so that a chip is the same on every device
+    type and published numbers do not depend on the GPU; "weights": on the device of the
+    layer's weights (a GPU programs much faster, in chunks that bound its memory, but draws
+    CUDA's random numbers: another chip of the same statistics).
+
     Wire resistance (IR drop, `crossbar.wires`): every segment of a row or column line between
     two cells (and between the driver or the sense amplifier and the first cell) has
     ``wire_resistance`` ohms; 0 (the default) is ideal wiring, today's read bit for bit. A
@@ -209,6 +216,7 @@ class HardwareConfig:
     verify_voltage: float | None = None  # V; None: the device model's U0 (0.2 V)
     stuck_lrs_rate: float = 0.0  # fraction of cells stuck in LRS
     stuck_hrs_rate: float = 0.0  # fraction of cells stuck in HRS
+    programming_device: str = "cpu"  # cpu | weights (the device the layer's weights are on)
     wire_resistance: float = 0.0  # ohms per row or column segment (0: ideal wiring)
     wire_solver: str = "first_order"  # first_order | exact
     seed: int = 0
@@ -283,6 +291,7 @@ class HardwareConfig:
         self._set_float("reset_voltage", 0.0, 10.0, True)
         _check_int("initial_cycles", self.initial_cycles, 0, None)
         _check_choice("initial_cycle_mode", self.initial_cycle_mode, INITIAL_CYCLE_MODES)
+        _check_choice("programming_device", self.programming_device, PROGRAMMING_DEVICES)
         if not isinstance(self.write_verify, bool):
             _fail("write_verify", self.write_verify, "expected true or false")
         _check_int("verify_max_attempts", self.verify_max_attempts, 1, 1000)

@@ -71,6 +71,7 @@ def test_unknown_preset_names_choices():
         ("wire_resistance", float("inf")),
         ("wire_solver", "spice"),
         ("dac_mode", "serial"),
+        ("programming_device", "gpu"),
     ],
 )
 def test_invalid_values_name_field_and_value(field, value):
@@ -126,11 +127,12 @@ def test_from_saved_fills_fields_missing_from_older_saves(caplog):
 def test_version_2_saves_load_with_ideal_wires_and_parallel_inputs():
     """A save from before wire resistance and bit-serial inputs reads as today's hardware."""
     saved = HardwareConfig.preset("paper").to_dict()
-    for name in ("wire_resistance", "wire_solver", "dac_mode"):
+    for name in ("wire_resistance", "wire_solver", "dac_mode", "programming_device"):
         del saved[name]
     config = HardwareConfig.from_saved(saved, version=2, source="v2.ckpt")
     assert config == HardwareConfig.preset("paper")
     assert (config.wire_resistance, config.dac_mode) == (0.0, "parallel")
+    assert config.programming_device == "cpu"
 
 
 def test_from_saved_rejects_unknown_fields():

@@ -266,14 +266,17 @@ class HardwareMatmul(torch.nn.Module):
     def build_chip(self, weight: Tensor, seed: int | None = None) -> Crossbar:
         """A chip programmed with ``weight`` [out, in] (seed None: the seed given to the last
         `program` call, else hardware.seed), without keeping
-        it. A pure function of (weight, hardware, seed, name); built on the CPU and moved to
-        the weight's device."""
-        w_int = self.weight_quantizer.integers(weight).cpu()
+        it. A pure function of (weight, hardware, seed, name, programming device): programmed
+        on the CPU and moved to the weight's device, or on the weight's device
+        (``hardware.programming_device``)."""
+        on_weights = self.hardware.programming_device == "weights"
+        device = weight.device if on_weights else torch.device("cpu")
         return Crossbar.program(
-            w_int,
+            self.weight_quantizer.integers(weight).to(device),
             self.weight_quantizer.scale(weight).item(),
             self.hardware,
             self.chip_seed(self._program_seed if seed is None else seed),
+            device=device if on_weights else None,
         ).to(weight.device)
 
     def program(self, weight: Tensor, seed: int | None = None) -> None:

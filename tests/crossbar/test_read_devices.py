@@ -113,3 +113,29 @@ def test_cuda_programming_is_seeded_and_matches_cpu_statistics(write_verify):
     assert stats.cells == on_cuda.inventory().cells
     if write_verify:
         assert sum(stats.attempts) + stats.unverified == stats.cells
+
+
+def test_programming_device_weights_on_cpu_weights_is_the_default_chip():
+    # "weights" programs on the weights' device: for CPU weights that is the CPU, the same
+    # device model run as the default "cpu", so the chip must be identical bit for bit.
+    torch.manual_seed(0)
+    layer = MemristorLinear(80, 48, hardware=HARDWARE, execution="analog", name="layer")
+    on_weights = copy.deepcopy(layer)
+    on_weights.matmul.hardware = HARDWARE.replace(programming_device="weights")
+    default = layer.matmul.build_chip(layer.weight).states()
+    chosen = on_weights.matmul.build_chip(on_weights.weight).states()
+    assert all(torch.equal(a, b) for a, b in zip(default, chosen, strict=True))
+
+
+@CUDA
+def test_programming_device_weights_programs_a_cuda_layer_on_the_gpu():
+    """A layer on CUDA with programming_device="weights" gets a CUDA-programmed chip: another
+    chip than the CPU default (CUDA's random numbers), on the GPU, and the same for the same seed."""
+    torch.manual_seed(0)
+    layer = MemristorLinear(80, 48, hardware=HARDWARE, execution="analog", name="layer").cuda()
+    default = layer.matmul.build_chip(layer.weight).states()
+    layer.matmul.hardware = HARDWARE.replace(programming_device="weights")
+    first = layer.matmul.build_chip(layer.weight).states()
+    again = layer.matmul.build_chip(layer.weight).states()
+    assert first[0].is_cuda and all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not torch.equal(first[0], default[0])
