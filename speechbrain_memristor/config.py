@@ -22,8 +22,8 @@ logger = logging.getLogger(__name__)
 # Version of the saved form of HardwareConfig (`HardwareConfig.to_dict` with
 # `CONFIG_VERSION` saved beside it). Bump it when a field is added; `from_saved` fills fields
 # missing from older saves with their defaults.
-CONFIG_VERSION = 4  # 2: initial_cycle_mode, write-verify, stuck-at faults, programming costs
-# 3: wire_resistance, wire_solver, dac_mode; 4: programming_device
+CONFIG_VERSION = 5  # 2: initial_cycle_mode, write-verify, stuck-at faults, programming costs
+# 3: wire_resistance, wire_solver, dac_mode; 4: programming_device; 5: output_bits, attention_bits
 
 READ_NOISE_MODES = ("off", "physical", "synaptogenml")
 DAC_GRIDS = ("symmetric", "synaptogenml")
@@ -170,7 +170,14 @@ class HardwareConfig:
 
     Quantization-aware training: ``observer`` ("minmax" or "moving_average" with
     ``observer_momentum``) calibrates the DAC input range; ``adc_in_training`` also emulates
-    the per-tile per-plane ADC of ideal cells in ``fake_quant``.
+    the per-tile per-plane ADC of ideal cells in ``fake_quant``. Two options of the authors'
+    public QAT configs, off (None) by default: ``output_bits`` quantizes each mapped layer's
+    output (bias included) onto a symmetric grid of 2^b - 1 levels with its own range observer
+    (the same ``observer``), in ``fake_quant`` (straight-through) and after the analog read (the
+    authors keep that quantizer after converting a layer to memristors); ``attention_bits``
+    fake-quantizes both operands of every activation x activation product of a supported
+    attention module (SpeechBrain's RelPosMHAXL: QK^T, the positional term QP^T and AV) per
+    tensor, symmetric, at the current tensor's range (`layers.attention`).
 
     Cost figures (used only by `speechbrain_memristor.studies.report`; first-order estimates, not
     simulated): an ADC conversion costs ``adc_energy_per_step`` * 2^(p + r) joules (a Walden
@@ -223,6 +230,8 @@ class HardwareConfig:
     observer: str = "minmax"
     observer_momentum: float = 0.01
     adc_in_training: bool = False
+    output_bits: int | None = None  # None: layer outputs not quantized; the authors use 8
+    attention_bits: int | None = None  # None: QK^T and AV operands not quantized
     adc_energy_per_step: float = 1e-14  # J per ADC conversion step (Walden figure of merit)
     dac_energy_per_step: float = 2e-13  # J per DAC conversion step
     cell_read_time: float = 1e-7  # s, duration of one cell read
@@ -327,6 +336,9 @@ class HardwareConfig:
         self._set_float("observer_momentum", 0.0, 1.0, True)
         if not isinstance(self.adc_in_training, bool):
             _fail("adc_in_training", self.adc_in_training, "expected true or false")
+        for bits in ("output_bits", "attention_bits"):
+            if getattr(self, bits) is not None:
+                _check_int(bits, getattr(self, bits), 2, 16)
 
     def _check_costs(self) -> None:
         """Energy and time figures of the cost estimates."""

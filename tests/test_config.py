@@ -72,6 +72,11 @@ def test_unknown_preset_names_choices():
         ("wire_solver", "spice"),
         ("dac_mode", "serial"),
         ("programming_device", "gpu"),
+        ("output_bits", 1),
+        ("output_bits", 17),
+        ("output_bits", 8.0),
+        ("attention_bits", 1),
+        ("attention_bits", "8"),
     ],
 )
 def test_invalid_values_name_field_and_value(field, value):
@@ -127,12 +132,20 @@ def test_from_saved_fills_fields_missing_from_older_saves(caplog):
 def test_version_2_saves_load_with_ideal_wires_and_parallel_inputs():
     """A save from before wire resistance and bit-serial inputs reads as today's hardware."""
     saved = HardwareConfig.preset("paper").to_dict()
-    for name in ("wire_resistance", "wire_solver", "dac_mode", "programming_device"):
+    for name in (
+        "wire_resistance",
+        "wire_solver",
+        "dac_mode",
+        "programming_device",
+        "output_bits",
+        "attention_bits",
+    ):
         del saved[name]
     config = HardwareConfig.from_saved(saved, version=2, source="v2.ckpt")
     assert config == HardwareConfig.preset("paper")
     assert (config.wire_resistance, config.dac_mode) == (0.0, "parallel")
     assert config.programming_device == "cpu"
+    assert (config.output_bits, config.attention_bits) == (None, None)  # the QAT options off
 
 
 def test_from_saved_rejects_unknown_fields():

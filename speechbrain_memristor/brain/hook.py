@@ -322,7 +322,8 @@ class MemristorHook:
         return float(value)
 
     def synchronize_quantizers(self) -> None:
-        """Merge the input ranges observed on every DDP rank (no-op without torch.distributed).
+        """Merge the input (and output) ranges observed on every DDP rank (no-op without
+        torch.distributed).
 
         "minmax" observers (each layer's own ``hardware.observer``) take the global min of
         mins and max of maxes; "moving_average" observers (and any other state) take the mean
@@ -337,7 +338,9 @@ class MemristorHook:
             return
         model = self._converted()
         state = quantizer_state_dict(model)
-        reductions = {"min": torch.distributed.ReduceOp.MIN, "max": torch.distributed.ReduceOp.MAX}
+        low, high = torch.distributed.ReduceOp.MIN, torch.distributed.ReduceOp.MAX
+        # input (min, max) and, with output_bits, output (output_min, output_max) ranges
+        reductions = {"min": low, "max": high, "output_min": low, "output_max": high}
         # each layer's own observer (per-layer settings may change it)
         observers = {matmul.name: matmul.hardware.observer for matmul in hardware_matmuls(model)}
         groups: dict[object, list[str]] = {}

@@ -24,6 +24,15 @@ The mode intercepts exactly the calls that apply the mapped weights and computes
   (Q, K, V = column blocks of one fused read), identity projection matrices in place of the
   weights, and its output is projected by ``out_proj_matmul``.
 
+Attention products (``hardware.attention_bits``, off by default; the authors' QAT configs
+fake-quantize QK^T and AV at the weight bit width): in ``fake_quant`` and ``analog`` the mode of
+a `HardwareInProjection` also routes every ``torch.matmul`` of two 4-D tensors [batch, heads,
+., .] that the module's forward computes (RelPosMHAXL: Q K^T, the positional term Q P^T and
+A V), quantizing both operands per tensor, symmetric, at the current tensor's range
+(straight-through gradient; the authors observe running ranges instead). A forward with the
+option on that computes no such product raises a RuntimeError; `torch.nn.MultiheadAttention`
+(fused kernel) raises a ValueError. With the option off nothing is routed beyond F.linear.
+
 If a forward in a hardware mode never applies the mapped weight (an attention class that
 handles its weight differently), a RuntimeError says so instead of silently staying digital.
 Not supported: scripting (``torch.jit.script``) the swapped modules, and
@@ -46,18 +55,30 @@ from speechbrain_memristor.config import HardwareConfig
 from speechbrain_memristor.layers.base import HardwareLayer, new_matmul
 from speechbrain_memristor.layers.matmul import HardwareMatmul
 from speechbrain_memristor.layers.modes import Execution
+from speechbrain_memristor.layers.quantizers import fake_quantize_dynamic
 
 _MHA_SIGNATURE = inspect.signature(F.multi_head_attention_forward)
 
 
 class _Router(TorchFunctionMode):
-    """Sends calls of ``target`` to ``handler`` (which may decline with NotImplemented)."""
+    """Sends calls of ``target`` to ``handler`` (which may decline with NotImplemented), and
+    calls of ``products`` (None: not routed) to ``product_handler``; ``routed`` and
+    ``products_routed`` count the calls each handled."""
 
-    def __init__(self, target: Callable, handler: Callable):
+    def __init__(
+        self,
+        target: Callable,
+        handler: Callable,
+        products: Callable | None = None,
+        product_handler: Callable | None = None,
+    ):
         super().__init__()
         self.target = target
         self.handler = handler
+        self.products = products
+        self.product_handler = product_handler
         self.routed = 0
+        self.products_routed = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -66,7 +87,21 @@ class _Router(TorchFunctionMode):
             if result is not NotImplemented:
                 self.routed += 1
                 return result
+        elif func is self.products and self.product_handler is not None:
+            result = self.product_handler(*args, **kwargs)
+            if result is not NotImplemented:
+                self.products_routed += 1
+                return result
         return func(*args, **kwargs)
+
+
+def _quantized_product(bits: int, input: Tensor, other: Tensor, **kwargs) -> Tensor:
+    """torch.matmul of two 4-D operands [batch, heads, ., .] (an attention product), each
+    fake-quantized per tensor at ``bits`` (`quantizers.fake_quantize_dynamic`); other calls
+    decline (NotImplemented)."""
+    if kwargs or input.dim() != 4 or other.dim() != 4:
+        return NotImplemented
+    return torch.matmul(fake_quantize_dynamic(input, bits), fake_quantize_dynamic(other, bits))
 
 
 def _rows_of(weight: Tensor, base: Tensor) -> slice | None:
@@ -98,6 +133,11 @@ class HardwareAttention(HardwareLayer):
     def _digital(self) -> bool:
         return all(matmul.execution == Execution.DIGITAL for matmul in self.hardware_matmuls())
 
+    def _attention_bits(self) -> int | None:
+        """``hardware.attention_bits`` of the first mapped projection that sets it."""
+        bits = [m.hardware.attention_bits for m in self.hardware_matmuls()]
+        return next((b for b in bits if b is not None), None)
+
     def _routed_forward(self, router: _Router, *args, **kwargs):
         with router:
             output = super().forward(*args, **kwargs)  # type: ignore[misc]
@@ -106,6 +146,12 @@ class HardwareAttention(HardwareLayer):
                 f"{type(self).__name__} ran its forward in a hardware execution mode without "
                 "applying its mapped projection weight the supported way; this attention class "
                 "is not supported. Exclude it from conversion (keep it digital)."
+            )
+        if router.product_handler is not None and router.products_routed == 0:
+            raise RuntimeError(
+                f"HardwareConfig.attention_bits={self._attention_bits()!r}, but "
+                f"{type(self).__name__} computed no torch.matmul of two 4-D tensors (QK^T, AV) "
+                "to quantize; set attention_bits to null for this attention class."
             )
         return output
 
@@ -126,7 +172,10 @@ class HardwareInProjection(HardwareAttention):
     def forward(self, *args, **kwargs):
         if self._digital():
             return super().forward(*args, **kwargs)  # type: ignore[misc]
-        return self._routed_forward(_Router(F.linear, self._project), *args, **kwargs)
+        bits = self._attention_bits()
+        products = None if bits is None else functools.partial(_quantized_product, bits)
+        router = _Router(F.linear, self._project, torch.matmul, products)
+        return self._routed_forward(router, *args, **kwargs)
 
     def _project(self, input: Tensor, weight: Tensor, bias: Tensor | None = None):
         rows = _rows_of(weight, self.in_proj_weight)
@@ -161,6 +210,12 @@ class HardwareMultiheadAttention(HardwareAttention):
     def forward(self, *args, **kwargs):
         if self._digital():
             return super().forward(*args, **kwargs)  # type: ignore[misc]
+        if self._attention_bits() is not None:
+            raise ValueError(
+                f"HardwareConfig.attention_bits={self._attention_bits()!r} is not supported for "
+                "torch.nn.MultiheadAttention (its fused attention kernel cannot be hooked); set "
+                "attention_bits to null for this layer (e.g. via layer_hardware)."
+            )
         router = _Router(F.multi_head_attention_forward, self._attend)
         return self._routed_forward(router, *args, **kwargs)
 

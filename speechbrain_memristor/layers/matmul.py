@@ -14,6 +14,10 @@ passes its weight [out, in] and bias at each call.
   `HardwareConfig.dac_grid`; fake_quant rounds inputs onto the same grid) and the bias added
   digitally. Analog execution is inference only: its output carries no gradient.
 
+With ``hardware.output_bits`` the output (bias included) of ``fake_quant`` and ``analog`` is
+quantized by `quantizers.output_quantizer` (its range observed in training, or once if
+uncalibrated); off (None) by default.
+
 Hardware-aware training (`layers.hardware_aware`): with a ``training_method``, ``fake_quant``
 training forwards take the value of a training chip (``chip_in_the_loop``, programmed by
 `program_training_chip`) or of calibrated noisy weights (``noise_injection``) and keep
@@ -38,7 +42,11 @@ from speechbrain_memristor.layers.hardware_aware import (
     straight_through,
 )
 from speechbrain_memristor.layers.modes import Execution, check_execution
-from speechbrain_memristor.layers.quantizers import ActivationQuantizer, WeightQuantizer
+from speechbrain_memristor.layers.quantizers import (
+    ActivationQuantizer,
+    WeightQuantizer,
+    output_quantizer,
+)
 from speechbrain_memristor.util.seeding import stable_seed
 
 
@@ -76,6 +84,7 @@ class HardwareMatmul(torch.nn.Module):
         self._execution = check_execution(execution)
         self.input_quantizer = ActivationQuantizer(hardware)
         self.weight_quantizer = WeightQuantizer(hardware)
+        self.output_quantizer = output_quantizer(hardware)  # None unless hardware.output_bits
         self.chip: Crossbar | None = None
         self._program_seed: int | None = None  # a seed given to program(), else hardware.seed
         self._programmed_for: tuple | None = None
@@ -93,12 +102,14 @@ class HardwareMatmul(torch.nn.Module):
     def hardware(self, hardware: HardwareConfig) -> None:
         """New settings: quantizers are rebuilt (keeping the observed input range) and the chip
         is reprogrammed at the next analog read."""
-        state = self.input_quantizer.state()
+        state = self.quantizer_state()
         device = self.input_quantizer.min_val.device
         self._hardware = _check_hardware(hardware)
         self.input_quantizer = ActivationQuantizer(hardware).to(device)
-        self.input_quantizer.load_state(state)
         self.weight_quantizer = WeightQuantizer(hardware)
+        quantizer = output_quantizer(hardware)
+        self.output_quantizer = None if quantizer is None else quantizer.to(device)
+        self.load_quantizer_state(state)
 
     def set_chip_seed(self, seed: int) -> None:
         """Use the chip of global ``seed`` (stored as ``hardware.seed``; programmed lazily at the
@@ -158,7 +169,8 @@ class HardwareMatmul(torch.nn.Module):
                 gain = self.weight_quantizer.scale(weight) * input_scale * self.hardware.dac_qmax
                 y_adc = (values * gain).reshape(y.shape).to(y.dtype)
             y = y + (y_adc - y).detach()
-        return y if bias is None else y + bias
+        y = y if bias is None else y + bias
+        return y if self.output_quantizer is None else self.output_quantizer(y)
 
     @torch.no_grad()
     def _noisy_weight(self, weight: Tensor) -> Tensor:
@@ -237,6 +249,8 @@ class HardwareMatmul(torch.nn.Module):
         values.mul_(self.chip.weight_scale * input_scale * self.hardware.dac_qmax)
         if bias is not None:
             values.add_(bias)
+        if self.output_quantizer is not None:
+            values = self.output_quantizer(values)
         return values.reshape(*x.shape[:-1], weight.shape[0]).to(x.dtype)
 
     def _program_key(self, weight: Tensor) -> tuple:
@@ -291,9 +305,18 @@ class HardwareMatmul(torch.nn.Module):
         return ChipInventory.of(weight.shape[0], weight.shape[1], self.hardware)
 
     def quantizer_state(self) -> dict[str, Tensor]:
-        """Calibration state of the input quantizer (observed min and max)."""
-        return self.input_quantizer.state()
+        """Calibration state: the input quantizer's observed ``min`` and ``max``, and with
+        ``hardware.output_bits`` the output quantizer's ``output_min`` and ``output_max``."""
+        state = self.input_quantizer.state()
+        if self.output_quantizer is not None:
+            state.update({f"output_{k}": v for k, v in self.output_quantizer.state().items()})
+        return state
 
     def load_quantizer_state(self, state: dict[str, Tensor]) -> None:
-        """Restore calibration saved by ``quantizer_state()``."""
+        """Restore calibration saved by ``quantizer_state()``. Output keys are loaded when this
+        layer quantizes outputs and the state has them (else the output range is observed
+        afresh, or ignored)."""
         self.input_quantizer.load_state(state)
+        output = {key[len("output_") :]: v for key, v in state.items() if key.startswith("output_")}
+        if self.output_quantizer is not None and output:
+            self.output_quantizer.load_state(output)

@@ -14,6 +14,10 @@ over the same range +-s_a Q_a, rather than a grid the chip never uses. The obser
 updates in training mode and, once, on the first batch it sees if it was never calibrated.
 Its state lives in non-persistent buffers and travels via ``state()`` / ``load_state()``.
 
+Layer outputs (``HardwareConfig.output_bits``, off by default): `RangeQuantizer`, symmetric
+onto integers in [-(2^(b-1)-1), 2^(b-1)-1] with its own observer of the same kind; state as for
+inputs. Attention operands (``attention_bits``): `fake_quantize_dynamic`, stateless.
+
 Gradients: straight-through inside the clipping range, zero outside it.
 """
 
@@ -84,16 +88,15 @@ class WeightQuantizer(torch.nn.Module):
         return fake_quantize(weight, self.scale(weight), self.qmax)
 
 
-class ActivationQuantizer(torch.nn.Module):
-    """Input (DAC) quantizer onto the DAC's code grid, with a min-max or moving-average range
-    observer; ``qmax`` is Q_a (the scale's integer range), ``dac`` the chip's converter."""
+class RangeQuantizer(torch.nn.Module):
+    """Symmetric per-tensor quantizer with a min-max or moving-average range observer: scale
+    max(|min|, |max|) / ``qmax``, integers in [-qmax, qmax] (2 qmax + 1 levels)."""
 
-    def __init__(self, hardware: HardwareConfig):
+    def __init__(self, qmax: int, observer: str, momentum: float):
         super().__init__()
-        self.qmax = hardware.dac_qmax
-        self.dac = DigitalToAnalogConverter.from_config(hardware)
-        self.observer = hardware.observer
-        self.momentum = hardware.observer_momentum
+        self.qmax = qmax
+        self.observer = observer
+        self.momentum = momentum
         self.register_buffer("min_val", torch.tensor(float("inf")), persistent=False)
         self.register_buffer("max_val", torch.tensor(float("-inf")), persistent=False)
 
@@ -119,7 +122,7 @@ class ActivationQuantizer(torch.nn.Module):
             self.max_val.lerp_(high, self.momentum)
 
     def scale(self) -> Tensor:
-        """Scalar tensor: max(|min|, |max|) / Q_a (value per DAC step)."""
+        """Scalar tensor: max(|min|, |max|) / qmax (value per integer step)."""
         magnitude = torch.maximum(self.min_val.abs(), self.max_val.abs())
         return symmetric_scale(magnitude, self.qmax)
 
@@ -131,8 +134,7 @@ class ActivationQuantizer(torch.nn.Module):
 
     def forward(self, values: Tensor) -> Tensor:
         """Fake-quantized ``values`` with straight-through gradient; updates the observer first."""
-        scale = self.calibrated_scale(values).to(values.dtype)
-        return fake_quantize(values, scale, self.dac.max_code, self.dac.steps_per_code)
+        return fake_quantize(values, self.calibrated_scale(values).to(values.dtype), self.qmax)
 
     def state(self) -> dict[str, Tensor]:
         """Calibration state: observed ``min`` and ``max`` (inf/-inf when uncalibrated)."""
@@ -146,3 +148,33 @@ class ActivationQuantizer(torch.nn.Module):
         with torch.no_grad():
             self.min_val.copy_(torch.as_tensor(state["min"]))
             self.max_val.copy_(torch.as_tensor(state["max"]))
+
+
+class ActivationQuantizer(RangeQuantizer):
+    """Input (DAC) quantizer onto the DAC's code grid, with a min-max or moving-average range
+    observer; ``qmax`` is Q_a (the scale's integer range), ``dac`` the chip's converter."""
+
+    def __init__(self, hardware: HardwareConfig):
+        super().__init__(hardware.dac_qmax, hardware.observer, hardware.observer_momentum)
+        self.dac = DigitalToAnalogConverter.from_config(hardware)
+
+    def forward(self, values: Tensor) -> Tensor:
+        """Fake-quantized ``values`` with straight-through gradient; updates the observer first."""
+        scale = self.calibrated_scale(values).to(values.dtype)
+        return fake_quantize(values, scale, self.dac.max_code, self.dac.steps_per_code)
+
+
+def output_quantizer(hardware: HardwareConfig) -> RangeQuantizer | None:
+    """The layer-output quantizer of ``hardware.output_bits`` (None when the option is off)."""
+    if hardware.output_bits is None:
+        return None
+    qmax = 2 ** (hardware.output_bits - 1) - 1
+    return RangeQuantizer(qmax, hardware.observer, hardware.observer_momentum)
+
+
+def fake_quantize_dynamic(values: Tensor, bits: int) -> Tensor:
+    """``values`` fake-quantized per tensor, symmetric, at their own range: scale max|values| /
+    (2^(bits-1) - 1) (detached), straight-through gradient."""
+    qmax = 2 ** (bits - 1) - 1
+    scale = symmetric_scale(values.detach().abs().amax(), qmax).to(values.dtype)
+    return fake_quantize(values, scale, qmax)
