@@ -132,6 +132,13 @@ def test_programming_keys_override_the_preset(recipe):
     assert load(recipe, write_verify=False)["hardware"] == HardwareConfig.preset("paper")
 
 
+def test_paper_qat_option_keys_reach_the_hardware(recipe):
+    """output_bits / attention_bits: null (the default) keeps them off, a value sets them."""
+    assert load(recipe)["hardware"].output_bits is None
+    hardware = load(recipe, output_bits=8, attention_bits=3)["hardware"]
+    assert hardware == HardwareConfig.preset("paper", output_bits=8, attention_bits=3)
+
+
 def test_explicit_keys_override_the_preset(recipe, tmp_path):
     hardware = load(recipe, hardware_preset="ideal", adc_precision_bits=6, adc_range_bits=6)[
         "hardware"
@@ -193,6 +200,8 @@ def test_ideal_adc_word(recipe):
         ({"dac_bits": "ideal"}, ["dac_bits='ideal'", "[2, 16]"]),
         ({"dac_grid": "authors"}, ["dac_grid='authors'", "'symmetric', 'synaptogenml'"]),
         ({"hardware_preset": "papr"}, ["'papr'", "paper_high_precision"]),
+        ({"output_bits": 1}, ["output_bits=1", "[2, 16]"]),
+        ({"attention_bits": "four"}, ["attention_bits='four'", "[2, 16]"]),
     ],
 )
 def test_invalid_values_fail_clearly(overrides, expected):
