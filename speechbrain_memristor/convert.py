@@ -649,7 +649,9 @@ def load_quantizer_state_dict(
         )
     for matmul in hardware_matmuls(model):
         keys = [key[len(matmul.name) + 1 :] for key in current if key.startswith(f"{matmul.name}.")]
-        layer_state = {key: state[f"{matmul.name}.{key}"] for key in keys}
-        if layer_state and all(f"{matmul.name}.{key}" in state for key in keys):
+        layer_state = {
+            key: state[f"{matmul.name}.{key}"] for key in keys if f"{matmul.name}.{key}" in state
+        }
+        if matmul.quantizer_state_complete(layer_state):
             matmul.load_quantizer_state(layer_state)
     return missing, unexpected

@@ -312,6 +312,12 @@ class HardwareMatmul(torch.nn.Module):
             state.update({f"output_{k}": v for k, v in self.output_quantizer.state().items()})
         return state
 
+    @staticmethod
+    def quantizer_state_complete(state: dict[str, Tensor]) -> bool:
+        """True when ``state`` holds the input range (``min``, ``max``); the output range is
+        optional (a save from before ``output_bits`` leaves it to be observed)."""
+        return {"min", "max"} <= set(state)
+
     def load_quantizer_state(self, state: dict[str, Tensor]) -> None:
         """Restore calibration saved by ``quantizer_state()``. Output keys are loaded when this
         layer quantizes outputs and the state has them (else the output range is observed

@@ -268,6 +268,27 @@ def test_checkpoint_round_trips_the_output_ranges(tmp_path):
     assert all(torch.equal(loaded[key], saved[key]) for key in saved)
 
 
+def test_a_save_without_output_ranges_still_loads_the_input_ranges():
+    """A quantizer state from before output_bits (input keys only) restores the input range
+    of an output_bits model; its output range is left to be observed."""
+    old_hook, old_net = calibrated_net(HardwareConfig())
+    set_execution(old_hook.model, "fake_quant")
+    old_net["net"](torch.randn(10, 4))
+    old_state = quantizer_state_dict(old_hook.model)
+    hook, _ = calibrated_net(HardwareConfig(output_bits=8))
+    missing, unexpected = load_quantizer_state_dict(hook.model, old_state, strict=False)
+    assert missing == [
+        "net.0.output_max",
+        "net.0.output_min",
+        "net.1.output_max",
+        "net.1.output_min",
+    ]
+    assert unexpected == []
+    state = quantizer_state_dict(hook.model)
+    assert all(torch.equal(state[key], old_state[key]) for key in old_state)
+    assert not torch.isfinite(state["net.0.output_max"])
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
