@@ -66,7 +66,7 @@ def calibrate_as_one_process(
 ) -> None:
     """Replay the input-range calibration a single process does, before chip-sharded passes.
 
-    Uncalibrated input quantizers (e.g. a digital checkpoint) observe the first batch of the
+    Uncalibrated input (or output) quantizers (e.g. a digital checkpoint) observe the first batch of the
     first quantized pass of the plan; a rank that starts with another pass would calibrate on
     other values. So every rank loads the checkpoint, runs that pass's first batch once, then
     drops the chips it read (fresh chips and read noise for its own passes)."""
@@ -74,7 +74,7 @@ def calibrate_as_one_process(
     brain.on_evaluate_start(max_key=max_key, min_key=min_key)
     matmuls = hardware_matmuls(hook.model)
     quantized = [(execution, seed) for execution, seed in plan if execution != Execution.DIGITAL]
-    if all(matmul.input_quantizer.calibrated for matmul in matmuls) or not quantized:
+    if all(matmul.calibrated for matmul in matmuls) or not quantized:
         return
     hook.use(*quantized[0])
     brain.modules.eval()

@@ -11,7 +11,8 @@ in_channels / groups * taps] is placed on tiles on its own (several per tile alo
 diagonal when they fit), so cells and read work grow with the kernel's weights. The kernel is
 quantized per tensor exactly as a dense one. ``fake_quant`` runs torch's grouped convolution
 on the fake-quantized padded input and kernel (the input quantizer observes the padded input);
-with ``adc_in_training`` the ADC of the group-wise chip is emulated (`ideal_grouped_read`).
+with ``adc_in_training`` the ADC of the group-wise chip is emulated (`ideal_grouped_read`);
+with ``output_bits`` its output is quantized as a dense layer's (`HardwareMatmul`).
 """
 
 from __future__ import annotations
@@ -86,8 +87,9 @@ class GroupedConvMatmul(HardwareMatmul):
                 with torch.no_grad():
                     y_adc = self._read(x.detach(), weight, bias, self._ideal_read)
                 y = y + (y_adc.to(y.dtype) - y).detach()
-            return y
-        return self._analog(x, weight, bias)
+        else:
+            y = self._analog(x, weight, bias)
+        return y if self.output_quantizer is None else self.output_quantizer(y)
 
     def _ideal_read(self, patches: Tensor, input_scale: Tensor, weight: Tensor) -> Tensor:
         w_int = self.weight_quantizer.integers(weight).flatten(1)

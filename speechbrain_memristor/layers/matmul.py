@@ -312,6 +312,12 @@ class HardwareMatmul(torch.nn.Module):
             state.update({f"output_{k}": v for k, v in self.output_quantizer.state().items()})
         return state
 
+    @property
+    def calibrated(self) -> bool:
+        """True once the input range (and, with ``output_bits``, the output range) is known."""
+        output = self.output_quantizer
+        return self.input_quantizer.calibrated and (output is None or output.calibrated)
+
     @staticmethod
     def quantizer_state_complete(state: dict[str, Tensor]) -> bool:
         """True when ``state`` holds the input range (``min``, ``max``); the output range is
