@@ -66,8 +66,8 @@ def calibrate_as_one_process(
 ) -> None:
     """Replay the input-range calibration a single process does, before chip-sharded passes.
 
-    Uncalibrated input (or output) quantizers (e.g. a digital checkpoint) observe the first batch of the
-    first quantized pass of the plan; a rank that starts with another pass would calibrate on
+    Uncalibrated input (or output) quantizers (e.g. a digital checkpoint) observe the first
+    batch of the first quantized pass of the plan; a rank that starts with another pass would calibrate on
     other values. So every rank loads the checkpoint, runs that pass's first batch once, then
     drops the chips it read (fresh chips and read noise for its own passes)."""
     hook = brain.memristor
