@@ -53,7 +53,7 @@ class DemoError(RuntimeError):
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """What the demo builds; defaults take about 33 minutes on 2 CPU cores (README).
+    """What the demo builds; defaults take about 29 minutes on 2 CPU cores (README).
 
     Arguments:
         out_dir: folder for the corpus, the experiments and the result table.
