@@ -124,9 +124,12 @@ def tiled_read(
         padded = F.pad(levels, (0, padding), value=absent) if padding else levels
         # Level indices tile-major and contiguous: [tiles_in * count * tile_rows].
         tile_levels = padded.view(count, tiles, layout.tile_rows).transpose(0, 1).reshape(-1)
-        mean_coefficients = _per_plane(
-            path.mean_lut.index_select(0, tile_levels), tiles, planes, layout.tile_rows
-        )
+        mean_per_cell = path.mean_lut.index_select(0, tile_levels)
+        wire_terms = None
+        if path.wires is not None and not exact:  # first-order IR drop (its linear term here)
+            wire_terms = path.wires.first_order_terms(tile_levels, tiles, planes)
+            mean_per_cell = mean_per_cell.add_(wire_terms.linear)
+        mean_coefficients = _per_plane(mean_per_cell, tiles, planes, layout.tile_rows)
         if noise is not None:
             beta, offset = _noise_coefficients(tile_levels, noise, tiles, planes)
         for index, column in enumerate(column_starts):
@@ -146,10 +149,8 @@ def tiled_read(
                 _correct_rare_cells(variance, levels, block, rare, noise)
                 steps.normal_(generator=noise.generator).mul_(variance.clamp_min_(0.0).sqrt_())
                 steps.baddbmm_(mean_coefficients, difference)
-            if path.wires is not None and not exact:  # first-order IR-drop correction
-                steps.add_(
-                    path.wires.first_order_correction(tile_levels, tiles, planes, difference, block)
-                )
+            if wire_terms is not None:  # first-order IR drop: row and bilinear terms
+                path.wires.add_first_order_(steps, wire_terms, block)
             path.adc.quantize_steps_(steps)
             shifted = torch.mv(steps.view(batches, -1).t(), shift_weights)
             result[row : row + count, block] = shifted.view(count, -1).mul_(path.adc.step)

@@ -42,17 +42,23 @@ rows of a column; it is kept to the WIRE_SPECTRAL_TERMS largest eigenvalues, whi
 8/pi^2 = 81 % of the trace with one term, 90 % with two; smooth column profiles, the
 common case since r >= 0, lie almost entirely in the first ones: on the README's error table
 two terms leave 1.1-1.2 x the error of four, one term 2 x). Per (input tile, plane) the
-terms without r are the same on both sides of the differential pair and cancel; the linear
-ones multiply precomputed differences r+ - r- and r+ P - r- P, (r+ o r+P) - (r- o r-P), and
-the bilinear ones r+ and r- separately: 4 + 4 WIRE_SPECTRAL_TERMS products (12) of the
-size of the ideal read's, with per-level coefficients, and no [batch, in, out] tensor. Its error is second order in r G N^2 (tabulated in
-README.md); read noise keeps the closed form at the ideal voltages (the IR drop changes the
-variance by a relative amount of order r G N^2, a second-order effect on the read).
+terms without r are the same on both sides of the differential pair and cancel. The column
+wires' linear term multiplies r+ - r-, like the ideal read: its coefficients are added to the
+mean product's (no product of its own). The three row terms multiply precomputed (r+ P - r- P),
+p o (r+ - r-) and (r+ o r+P) - (r- o r-P), stacked along the inner dimension: one product of
+three times the ideal read's inner size. The bilinear ones multiply r+ and r- separately (both
+sides interleaved in one matrix: one product): 3 + 4 WIRE_SPECTRAL_TERMS (11) extra products'
+worth of work of the ideal read's size, with per-level coefficients (float32, computed once
+per block of inputs), and no [batch, in, out] tensor. Its error is second order in
+r G N^2 (tabulated in README.md); read noise keeps the closed form at the ideal voltages
+(the IR drop changes the variance by a relative amount of order r G N^2, a second-order
+effect on the read).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -128,6 +134,21 @@ def column_sharing_matrix(rows: int, dtype: torch.dtype = torch.float64) -> Tens
     return rows - torch.maximum(index[:, None], index[None, :])
 
 
+@dataclass
+class FirstOrderTerms:
+    """Coefficients of the first-order correction for one block of inputs (ADC steps).
+
+    ``linear`` [tiles_in * count * tile_rows]: minus the column wires' linear term, added to
+    the mean product's per-cell coefficients; ``row`` [tiles_in * planes, count, 3 tile_rows]:
+    minus the row terms, against ``WireCircuit.row_matrix``; ``pair`` [tiles_in * planes,
+    count * 2 * terms, tile_rows]: the bilinear term's rows, against both sides' states."""
+
+    linear: Tensor
+    row: Tensor
+    pair: Tensor
+    terms: int
+
+
 class WireCircuit(torch.nn.Module):
     """The wires of a chip's tiles: what the first-order and the exact read need.
 
@@ -160,24 +181,28 @@ class WireCircuit(torch.nn.Module):
         diff, diff_slope = high - low, high_slope - low_slope
         scale = self.resistance * steps_per_ampere
 
-        def table(values: Tensor) -> Tensor:
-            return F.pad(values * scale, (0, 1)).float()
+        def table(*values: Tensor) -> Tensor:  # per-level rows, absent-row entry 0
+            return torch.stack([F.pad(value, (0, 1)) for value in values]).float()
 
         self._buffer("volts", F.pad(volts64, (0, 1)))
-        # Row wires: coefficients of (r P) diff, p_j-weighted diff, (r o rP) diff.
-        self._buffer("row_lut", torch.stack([table(low_slope * diff), table(diff_slope * low)]))
-        self._buffer("quadratic_lut", table(diff_slope * diff))
-        # Column wires: per-level L, L', D, D' (ADC steps per ampere folded in with r once).
-        self._buffer("curve_lut", torch.stack([F.pad(c, (0, 1)) for c in (low, low_slope)]))
-        self._buffer("diff_lut", torch.stack([F.pad(c, (0, 1)) for c in (diff, diff_slope)]))
+        # Row wires: coefficients of (r P) diff, p_j-weighted diff and (r o rP) diff, in steps.
+        self._buffer(
+            "row_lut", table(low_slope * diff, diff_slope * low, diff_slope * diff) * scale
+        )
+        # Column wires: per-level L, L', D, D' (amperes; r and the ADC steps folded in later).
+        self._buffer("curve_lut", table(low, low_slope, diff, diff_slope))
         pos64, neg64 = states_pos.double(), states_neg.double()
         pos_shared = row_sharing(pos64, layout.tile_cols, columns)
         neg_shared = row_sharing(neg64, layout.tile_cols, columns)
-        self._buffer("shared_difference", (pos_shared - neg_shared).float())
-        self._buffer("quadratic_difference", (pos64 * pos_shared - neg64 * neg_shared).float())
-        self._buffer("sides", torch.stack([states_pos, states_neg]).float())
-        ones = torch.ones(1, columns, dtype=torch.float64)
-        self._buffer("row_totals", row_sharing(ones, layout.tile_cols, columns).float())
+        totals = row_sharing(torch.ones(1, columns, dtype=torch.float64), layout.tile_cols, columns)
+        row_matrices = (
+            pos_shared - neg_shared,
+            (pos64 - neg64) * totals,
+            pos64 * pos_shared - neg64 * neg_shared,
+        )  # stacked along the inner dimension: one product for the three row terms
+        self._buffer("row_matrix", torch.cat(row_matrices, dim=1).float())
+        # Both sides interleaved in the last dim: [tiles_in * planes, tile_rows, out, 2].
+        self._buffer("sides", torch.stack([states_pos, states_neg], dim=-1).float())
         sharing = column_sharing_matrix(rows)
         eigenvalues, eigenvectors = torch.linalg.eigh(sharing)
         terms = min(WIRE_SPECTRAL_TERMS, rows)
@@ -189,53 +214,46 @@ class WireCircuit(torch.nn.Module):
         self.register_buffer(name, tensor.contiguous(), persistent=False)
 
     # ------------------------------------------------------------------ first order
-    def first_order_correction(
-        self, tile_levels: Tensor, tiles: int, planes: int, difference: Tensor, block: slice
-    ) -> Tensor:
-        """Column steps [tiles_in * planes, count, block columns] to add to the ideal read
-        (minus the first-order IR-drop loss of the module doc) for DAC levels
-        ``tile_levels`` [tiles_in * count * tile_rows] (tile-major); ``difference`` is the
-        chip's r+ - r- [tiles_in * planes, tile_rows, block columns]."""
+    def first_order_terms(self, tile_levels: Tensor, tiles: int, planes: int) -> FirstOrderTerms:
+        """The first-order correction's coefficients for DAC levels ``tile_levels``
+        [tiles_in * count * tile_rows] (tile-major), once per block of inputs (module doc)."""
         rows = self.layout.tile_rows
-        batches = tiles * planes
 
         def per_plane(values: Tensor) -> Tensor:  # [tiles, count, k] -> [batches, count, k]
             shape = values.shape
             expanded = values.unsqueeze(1).expand(tiles, planes, *shape[1:])
-            return expanded.reshape(batches, *shape[1:])
+            return expanded.reshape(tiles * planes, *shape[1:])
 
-        def coefficients(lut: Tensor) -> Tensor:
-            return lut.index_select(-1, tile_levels).view(*lut.shape[:-1], tiles, -1, rows)
+        def coefficients(lut: Tensor) -> Tensor:  # [terms, tiles, count, rows]
+            return lut.index_select(-1, tile_levels).view(lut.shape[0], tiles, -1, rows)
 
-        row_coefficients = coefficients(self.row_lut)  # [2, tiles, count, rows]
-        low, low_slope = coefficients(self.curve_lut).double().unbind(0)
-        diff, diff_slope = coefficients(self.diff_lut).double().unbind(0)
+        row = coefficients(self.row_lut).permute(1, 2, 0, 3).flatten(2)  # [tiles, count, 3 rows]
+        low, low_slope, diff, diff_slope = coefficients(self.curve_lut).unbind(0)
         count = low.shape[1]
-        sharing = self.column_matrix.double()
-        shared_low, shared_slope = low @ sharing, low_slope @ sharing  # (Q L)_i, (Q L')_i
         scale = self.resistance * self.steps_per_ampere
-        linear = ((diff * shared_slope + diff_slope * shared_low) * scale).float()
-        # Products with r+ - r-: the p_j-weighted row term and the column wires' linear term.
-        stacked = torch.cat([row_coefficients[1], linear], dim=1)  # [tiles, 2 count, rows]
-        products = torch.bmm(per_plane(stacked), difference)
-        loss = products[:, :count].mul_(self.row_totals[:, block]).add_(products[:, count:])
-        loss.baddbmm_(per_plane(row_coefficients[0]), self.shared_difference[:, :, block])
-        quadratic = coefficients(self.quadratic_lut)
-        loss.baddbmm_(per_plane(quadratic), self.quadratic_difference[:, :, block])
-        # Bilinear column term: per side, sum_m lambda_m (e_m D' . r)(e_m D . r).
-        vectors = self.eigenvectors.double()  # [terms, rows]
+        shared_low, shared_slope = low @ self.column_matrix, low_slope @ self.column_matrix
+        linear = (diff * shared_slope + diff_slope * shared_low).mul_(-scale)
+        # Bilinear column term: rows of e_m D' (weighted by lambda_m r steps) and of e_m D.
+        vectors = self.eigenvectors  # [terms, rows]
         terms = vectors.shape[0]
-        weights = (self.eigenvalues.double() * scale).view(1, 1, terms, 1)
-        left = (diff_slope.unsqueeze(2) * vectors.view(1, 1, terms, rows)).float()
-        right = (diff.unsqueeze(2) * vectors.view(1, 1, terms, rows)).float()
+        weights = (self.eigenvalues * scale).view(terms, 1)
+        left = diff_slope.unsqueeze(2) * (vectors * weights)
+        right = diff.unsqueeze(2) * vectors
         pair = torch.cat([left, right], dim=2).reshape(tiles, count * 2 * terms, rows)
-        pair = per_plane(pair)
-        for side, sign in ((0, 1.0), (1, -1.0)):
-            projections = torch.bmm(pair, self.sides[side][:, :, block])
-            projections = projections.view(batches, count, 2, terms, -1)
-            bilinear = (projections[:, :, 0] * projections[:, :, 1]).double()
-            loss.add_((bilinear * weights).sum(2).float(), alpha=sign)
-        return loss.neg_()
+        return FirstOrderTerms(linear.reshape(-1), per_plane(row.neg_()), per_plane(pair), terms)
+
+    def add_first_order_(self, steps: Tensor, terms: FirstOrderTerms, block: slice) -> None:
+        """In place: add the row terms and the bilinear column term of the first-order IR-drop
+        correction to ``steps`` [tiles_in * planes, count, block columns] (the linear column
+        term, `FirstOrderTerms.linear`, goes into the mean product's coefficients)."""
+        steps.baddbmm_(terms.row, self.row_matrix[:, :, block])
+        batches, count, width = steps.shape
+        sides = self.sides[:, :, block].flatten(-2)  # [batches, rows, 2 width]
+        projections = torch.bmm(terms.pair, sides).view(batches, count, 2, terms.terms, width, 2)
+        bilinear = projections[:, :, 0, 0] * projections[:, :, 1, 0]  # [.., width, 2]
+        for term in range(1, terms.terms):
+            bilinear.addcmul_(projections[:, :, 0, term], projections[:, :, 1, term])
+        steps.sub_(bilinear[..., 0]).add_(bilinear[..., 1])
 
     # ------------------------------------------------------------------------ exact
     def exact_read(
@@ -253,8 +271,8 @@ class WireCircuit(torch.nn.Module):
         voltages = self.volts.index_select(0, tile_levels).view(tiles, 1, -1, rows, 1)
         present = (tile_levels != self.volts.shape[0] - 1).view(tiles, 1, -1, rows, 1)
         count = voltages.shape[2]
-        states = self.sides[:, :, :, block].double()  # [2, batches, rows, width]
-        states = states.view(2, tiles, planes, 1, rows, width)
+        states = self.sides[:, :, block].movedim(-1, 0).double()  # [2, batches, rows, width]
+        states = states.reshape(2, tiles, planes, 1, rows, width)
         mean = torch.empty(tiles, planes, count, width, dtype=torch.float64, device=states.device)
         variance = torch.zeros_like(mean) if self.noise_model is not None else None
         chunk = max(1, EXACT_BLOCK_ELEMENTS // (2 * tiles * planes * rows * width))

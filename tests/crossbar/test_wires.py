@@ -310,5 +310,5 @@ def test_first_order_precomputed_matrices_are_tile_major():
     hardware = HardwareConfig(tile_rows=8, tile_cols=8, wire_resistance=1.0)
     states_pos, states_neg = random_states(2, 13, 11, seed=1), random_states(2, 13, 11, seed=2)
     chip = chip_of(states_pos, states_neg, hardware)
-    assert torch.equal(chip.wires.sides[0], to_tile_major(states_pos, chip.layout))
-    assert torch.equal(chip.wires.sides[1], to_tile_major(states_neg, chip.layout))
+    assert torch.equal(chip.wires.sides[..., 0], to_tile_major(states_pos, chip.layout))
+    assert torch.equal(chip.wires.sides[..., 1], to_tile_major(states_neg, chip.layout))
