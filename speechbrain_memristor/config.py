@@ -22,8 +22,9 @@ logger = logging.getLogger(__name__)
 # Version of the saved form of HardwareConfig (`HardwareConfig.to_dict` with
 # `CONFIG_VERSION` saved beside it). Bump it when a field is added; `from_saved` fills fields
 # missing from older saves with their defaults.
-CONFIG_VERSION = 5  # 2: initial_cycle_mode, write-verify, stuck-at faults, programming costs
+CONFIG_VERSION = 6  # 2: initial_cycle_mode, write-verify, stuck-at faults, programming costs
 # 3: wire_resistance, wire_solver, dac_mode; 4: programming_device; 5: output_bits, attention_bits
+# 6: dac_encoding
 
 READ_NOISE_MODES = ("off", "physical", "synaptogenml")
 DAC_GRIDS = ("symmetric", "synaptogenml")
@@ -33,6 +34,7 @@ INITIAL_CYCLE_MODES = ("per_cell", "per_array")
 PROGRAMMING_DEVICES = ("cpu", "weights")
 WIRE_SOLVERS = ("first_order", "exact")
 DAC_MODES = ("parallel", "bit_serial")
+DAC_ENCODINGS = ("amplitude", "pulse_width")
 # `HardwareConfig.for_recipe`: the word for an ideal ADC in a recipe's ADC keys.
 IDEAL_ADC = "ideal"
 ADC_FIELDS = ("adc_precision_bits", "adc_range_bits")
@@ -151,6 +153,17 @@ class HardwareConfig:
     separate read with its own ADC conversions per plane, tile and column; the digital
     periphery adds the converted bit reads with weights 2^b / M.
 
+    ``dac_encoding`` (cost figures only, `studies.report`): how the parallel DAC encodes a code
+    c in time and voltage. "amplitude" (default; the read simulated here): the voltage
+    c / M * input_voltage for the whole ``cell_read_time``; "pulse_width": the full
+    sign(c) * input_voltage for |c| / M of ``cell_read_time`` (the read window, and so the
+    latency, is the longest pulse: unchanged; time-domain inputs, the usual alternative to
+    amplitude DACs). The default is the encoding the simulated read applies. The simulated
+    read stays the amplitude-encoded one (a pulse-width read's charge would be linear in c).
+    With inputs measured (`studies.report.measure_inputs`) the report's cell-read energy is
+    sum over cells of V I(V, r) t per read at each cell's actual voltage V and duration t;
+    without, every cell is charged the full window at input_voltage (an upper bound).
+
     ``programming_device``: where the device model programs a layer's chip. "cpu" (default):
     on the CPU, then moved to the weights' device, so that a chip is the same on every device
     type and published numbers do not depend on the GPU; "weights": on the device of the
@@ -201,6 +214,7 @@ class HardwareConfig:
     input_voltage: float = 0.6
     dac_grid: str = "symmetric"
     dac_mode: str = "parallel"  # parallel | bit_serial
+    dac_encoding: str = "amplitude"  # amplitude | pulse_width (parallel DAC; cost figures only)
     adc_precision_bits: int | None = 4
     adc_range_bits: int | None = 4
     current_scale: float | None = None
@@ -262,6 +276,7 @@ class HardwareConfig:
         self._set_float("input_voltage", 0.0, 1.0, True)
         _check_choice("dac_grid", self.dac_grid, DAC_GRIDS)
         _check_choice("dac_mode", self.dac_mode, DAC_MODES)
+        _check_choice("dac_encoding", self.dac_encoding, DAC_ENCODINGS)
         if (self.adc_precision_bits is None) != (self.adc_range_bits is None):
             _fail(
                 "adc_precision_bits",

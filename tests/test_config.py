@@ -71,6 +71,7 @@ def test_unknown_preset_names_choices():
         ("wire_resistance", float("inf")),
         ("wire_solver", "spice"),
         ("dac_mode", "serial"),
+        ("dac_encoding", "pwm"),
         ("programming_device", "gpu"),
         ("output_bits", 1),
         ("output_bits", 17),
@@ -139,6 +140,7 @@ def test_version_2_saves_load_with_ideal_wires_and_parallel_inputs():
         "programming_device",
         "output_bits",
         "attention_bits",
+        "dac_encoding",
     ):
         del saved[name]
     config = HardwareConfig.from_saved(saved, version=2, source="v2.ckpt")
@@ -146,6 +148,7 @@ def test_version_2_saves_load_with_ideal_wires_and_parallel_inputs():
     assert (config.wire_resistance, config.dac_mode) == (0.0, "parallel")
     assert config.programming_device == "cpu"
     assert (config.output_bits, config.attention_bits) == (None, None)  # the QAT options off
+    assert config.dac_encoding == "amplitude"
 
 
 def test_from_saved_rejects_unknown_fields():

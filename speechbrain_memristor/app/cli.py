@@ -173,7 +173,10 @@ def _add_report(subparsers: argparse._SubParsersAction) -> None:
         "--utterances",
         type=int,
         default=4,
-        help="utterances of the split for the per-layer error (0: skip; default: 4)",
+        help=(
+            "utterances of the split for the per-layer error and the measured cell-read "
+            "energy (0: skip, energy bound at full scale; default: 4)"
+        ),
     )
     parser.add_argument(
         "--train-script",

@@ -170,6 +170,9 @@ class Crossbar(torch.nn.Module):
         self._buffer("beta_lut", F.pad(coefficient * (high - low), (0, 1)))
         self.rare_threshold = float((low / (low - high)).min())
         self._store_rare_cells(states_pos, states_neg)
+        self.input_levels: Tensor | None = None  # `count_inputs`
+        self.input_vectors = 0
+        self.counting_inputs = False
         self.wires: WireCircuit | None = None
         if hardware.wire_resistance > 0:
             self.wires = WireCircuit(
@@ -237,6 +240,32 @@ class Crossbar(torch.nn.Module):
         """Sum of the states r over every cell (padded rows hold none), in float64."""
         return float(self.total.double().sum())
 
+    def row_state_sums(self) -> Tensor:
+        """Sum of the states r of each input row's cells (both sides, every plane and
+        column), float64 [in_features]."""
+        layout = self.layout
+        per_row = self.total.double().view(layout.tiles_in, self.planes, layout.tile_rows, -1)
+        return per_row.sum((1, 3)).reshape(-1)[: layout.in_features]
+
+    def count_inputs(self) -> None:
+        """Start counting (from zero) the DAC levels that `read` applies to each input row:
+        ``input_levels`` [in_features, dac levels] (float64 counts, level = code +
+        ``dac.level_offset``) over ``input_vectors`` reads, until ``counting_inputs`` is set
+        False (`studies.report.measuring_inputs`)."""
+        self.input_levels = torch.zeros(
+            self.layout.in_features, self.dac.levels, dtype=torch.float64
+        )
+        self.input_vectors = 0
+        self.counting_inputs = True
+
+    def _count_levels(self, inputs: Tensor, input_scale: Tensor | float) -> None:
+        levels = self.dac.integers(inputs.detach().float(), input_scale).long()
+        rows = torch.arange(self.layout.in_features, device=levels.device) * self.dac.levels
+        index = (levels + self.dac.level_offset + rows).flatten()
+        counts = torch.bincount(index, minlength=self.input_levels.numel())
+        self.input_levels += counts.cpu().view_as(self.input_levels)
+        self.input_vectors += inputs.shape[0]
+
     @property
     def rare_cell_count(self) -> int:
         """Cells above the smallest r* (handled by the exact sparse correction)."""
@@ -274,6 +303,8 @@ class Crossbar(torch.nn.Module):
             raise ValueError(
                 f"inputs must be [N, {self.layout.in_features}], got {tuple(inputs.shape)}."
             )
+        if self.counting_inputs:
+            self._count_levels(inputs, input_scale)
         path = ReadPath(
             self.layout, self.row_dac, self.adc, self.mean_lut, self.difference, self.wires
         )

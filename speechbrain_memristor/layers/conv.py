@@ -118,7 +118,7 @@ class GroupedConvMatmul(HardwareMatmul):
                 f"Analog grouped convolution {self.name or '<unnamed>'!r} got NaN or infinite "
                 "inputs, which no DAC converts; run the model in 'digital' mode to find the source."
             )
-        self._ensure_programmed(weight)
+        self.ensure_programmed(weight)
         return self._read(x, weight, bias, self._chip_read)
 
     @torch.no_grad()

@@ -242,7 +242,7 @@ class HardwareMatmul(torch.nn.Module):
                 "cannot convert them. Check the preceding layers (or run in 'digital' mode "
                 "to locate the source)."
             )
-        self._ensure_programmed(weight)
+        self.ensure_programmed(weight)
         assert self.chip is not None
         input_scale = self.input_quantizer.calibrated_scale(x)
         values = self.chip.read(x.reshape(-1, weight.shape[1]), input_scale)
@@ -264,7 +264,8 @@ class HardwareMatmul(torch.nn.Module):
             self._program_seed,
         )
 
-    def _ensure_programmed(self, weight: Tensor) -> None:
+    def ensure_programmed(self, weight: Tensor) -> None:
+        """Program ``weight`` (with the kept seed) unless the chip already holds it."""
         if not self.is_programmed_for(weight):
             self.program(weight, self._program_seed)
 

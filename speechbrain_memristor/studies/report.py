@@ -12,9 +12,14 @@
   input tile: planes x tiles_in x out) and cell reads (every cell once);
 - energy and latency per input vector from the per-operation costs in `HardwareConfig`
   (see its docstring for the figures and sources): ADC and DAC energy per conversion, cell
-  read energy ``cell_read_time * U * I(U, r)`` summed over the programmed cells at the
-  full-scale input voltage U (an upper bound for real inputs), and ``tile_read_latency`` per
-  layer (a layer's tiles read in parallel, layers one after another);
+  read energy summed over the programmed cells, and ``tile_read_latency`` per layer (a
+  layer's tiles read in parallel, layers one after another). The cell read energy is
+  measured where the report runs the model (`measuring_inputs`; `report_from_run` with
+  utterances): per read, cell and pulse w V I(V, r) ``cell_read_time`` at the DAC levels
+  actually applied (``dac_encoding``: amplitude V = c / M U, w = 1; pulse width V = sign(c) U,
+  w = |c| / M; bit-serial: one pulse of sign(c) U per 1 bit), averaged over the input
+  vectors; otherwise ``cell_read_time * U * I(U, r)`` for every cell and pulse at the
+  full-scale voltage U (an upper bound for real inputs);
 - programming of the layer's chip (once, not per frame; `ProgrammingStats`): write-verify
   attempts histogram, cells never verified, stuck-at cells (stuck LRS / stuck HRS), pulses,
   verify reads, and the programming energy and time from ``program_pulse_energy``,
@@ -22,8 +27,8 @@
   time: an upper bound on time).
 
 Bit-serial inputs (``dac_mode="bit_serial"``) take B read pulses per input vector (B = input
-bits, `ChipInventory.pulses`): B times the conversions, cell reads (each pulse at the full
-voltage, an upper bound) and latency, with 1-bit DAC conversions (2 steps of
+bits, `ChipInventory.pulses`): B times the conversions, cell reads (unmeasured: each pulse at
+the full voltage, an upper bound) and latency, with 1-bit DAC conversions (2 steps of
 ``dac_energy_per_step``). Energy per multiply-accumulate (one per weight and input vector)
 is reported beside the totals, and the last row is a digital baseline: the same MACs at
 DIGITAL_MAC_ENERGY.
@@ -50,6 +55,7 @@ import math
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -65,6 +71,7 @@ from speechbrain_memristor.convert import (
     hardware_layers,
     hardware_matmuls,
 )
+from speechbrain_memristor.crossbar.chip import Crossbar
 from speechbrain_memristor.crossbar.layout import magnitude_bit_planes
 from speechbrain_memristor.layers.matmul import HardwareMatmul
 from speechbrain_memristor.layers.modes import Execution, check_execution
@@ -81,7 +88,10 @@ DIGITAL_BASELINE = "digital 8-bit MAC, 45 nm (Horowitz 2014)"
 FIRST_ORDER_NOTE = (
     "Energy and latency are first-order estimates from per-operation costs (HardwareConfig "
     "adc_energy_per_step, dac_energy_per_step, cell_read_time, tile_read_latency): converters "
-    "and cell reads only, no wires, buffers, digital logic or data movement. Programming "
+    "and cell reads only, no wires, buffers, digital logic or data movement. Cell reads: "
+    "V I(V, r) per cell at each read's voltage and pulse length (dac_encoding) averaged over "
+    "the inputs the report evaluated, else the full window at full scale (an upper bound; "
+    "grouped convolutions always). Programming "
     "energy and time (once per chip): program_pulse_energy/time per pulse and "
     "verify_read_energy/time per verify read, one cell at a time. pJ/MAC: energy per "
     "weight and input vector; last row: the same MACs on digital hardware at "
@@ -323,6 +333,64 @@ def dac_conversion_energy(hardware: HardwareConfig) -> float:
     return hardware.dac_energy_per_step * 2.0**bits
 
 
+@contextmanager
+def measuring_inputs(model: Model) -> Iterator[None]:
+    """Inside the block, every analog read of a mapped matrix's chip (`Crossbar`) counts its
+    DAC levels per input row (`Crossbar.count_inputs`, from zero at each chip's first read
+    here; a chip is programmed first where needed). The counts stay on the chips afterwards,
+    and `hardware_report` then charges the measured cell-read energy (`measured_cell_energy`)
+    instead of the full-scale bound. Grouped convolutions' chips count nothing (bound kept)."""
+    started: list[Crossbar] = []
+
+    def hook(matmul: HardwareMatmul, args, kwargs) -> None:
+        if matmul.execution != Execution.ANALOG:
+            return
+        matmul.ensure_programmed(args[1] if len(args) > 1 else kwargs["weight"])
+        chip = matmul.chip
+        if isinstance(chip, Crossbar) and not any(chip is seen for seen in started):
+            chip.count_inputs()
+            started.append(chip)
+
+    handles = [
+        matmul.register_forward_pre_hook(hook, with_kwargs=True)
+        for matmul in hardware_matmuls(model)
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for chip in started:
+            chip.counting_inputs = False
+
+
+def measured_cell_energy(chip: Crossbar) -> float:
+    """Cell-read energy (J) per input vector of ``chip`` over the inputs it counted
+    (`Crossbar.count_inputs`): sum over reads, rows i and their cells of
+    w V I(V, r) ``cell_read_time`` / vectors, with per DAC code c (M = ``dac.max_code``, U =
+    ``input_voltage``) V = c / M U, w = 1 (amplitude encoding); V = sign(c) U, w = |c| / M
+    (pulse width); V = sign(c) U, w = the number of 1 bits of |c| (bit-serial pulses)."""
+    hardware = chip.hardware
+    codes = chip.dac.level_codes().double()
+    full = hardware.input_voltage * codes.sign()
+    if hardware.dac_mode == "bit_serial":
+        magnitude = codes.abs().long()
+        bits = torch.arange(chip.dac.pulse_bits)
+        volts, weights = full, ((magnitude.unsqueeze(1) >> bits) & 1).sum(1).double()
+    elif hardware.dac_encoding == "pulse_width":
+        volts, weights = full, codes.abs() / chip.dac.max_code
+    else:
+        volts, weights = codes / chip.dac.max_code * hardware.input_voltage, torch.ones_like(codes)
+    cells = cell_model(hardware)
+    low, high = cells.low(volts).double(), cells.high(volts).double()
+    power_low, power_diff = weights * volts * low, weights * volts * (high - low)  # per level
+    counts = chip.input_levels  # [in, levels]
+    cells_per_row = 2 * chip.planes * chip.layout.out_features
+    low_part = cells_per_row * (counts.sum(0) @ power_low)
+    diff_part = (chip.row_state_sums().cpu() @ counts) @ power_diff
+    return float(low_part + diff_part) * hardware.cell_read_time / chip.input_vectors
+
+
 @torch.no_grad()
 def layer_inventory(
     matmul: HardwareMatmul,
@@ -341,12 +409,15 @@ def layer_inventory(
     lrs_cells = int(magnitude_bit_planes(magnitudes, hardware.bit_planes).sum())
 
     chip = matmul.chip if matmul.is_programmed_for(weight) else matmul.build_chip(weight)
-    # sum over cells of I(U, r) = (1 - r) L(U) + r H(U) at the full-scale voltage U.
-    voltage = torch.tensor(hardware.input_voltage, dtype=torch.float64)
-    cells = cell_model(hardware)
-    low, high = float(cells.low(voltage)), float(cells.high(voltage))
-    current_sum = counts.cells * low + chip.state_sum() * (high - low)
-    cell_energy = counts.pulses * hardware.cell_read_time * hardware.input_voltage * current_sum
+    if getattr(chip, "input_vectors", 0):
+        cell_energy = measured_cell_energy(chip)
+    else:  # no measured inputs: every cell, every pulse, the full window at full scale U
+        voltage = torch.tensor(hardware.input_voltage, dtype=torch.float64)
+        cells = cell_model(hardware)
+        low, high = float(cells.low(voltage)), float(cells.high(voltage))
+        current_sum = counts.cells * low + chip.state_sum() * (high - low)
+        pulses = counts.pulses * hardware.cell_read_time * hardware.input_voltage
+        cell_energy = pulses * current_sum
 
     dac_energy = counts.dac_conversions * dac_conversion_energy(hardware)
     per_conversion = adc_conversion_energy(hardware)
@@ -515,6 +586,7 @@ def report_trained_run(
     if utterances > 0:
         examples = split_examples(hparams, split, utterances)
         torch.manual_seed(0)
-        errors = layer_errors(model, lambda: forward_examples(brain, examples))
+        with measuring_inputs(model):  # the cell-read energy of these inputs
+            errors = layer_errors(model, lambda: forward_examples(brain, examples))
     report = hardware_report(model, errors, base=brain.memristor.hardware)
     return report, report.write(out or run.folder)

@@ -17,7 +17,7 @@ Synaptogen JSON path), ``initial_cycles``, ``initial_cycle_mode`` (``per_cell`` 
 ``verify_lrs_max_ohms`` and ``verify_hrs_min_ohms`` (ohms, ``null`` for the defaults),
 ``stuck_lrs_rate``, ``stuck_hrs_rate``, ``wire_resistance`` (ohms per segment),
 ``wire_solver`` (``first_order`` or ``exact``), ``dac_mode`` (``parallel`` or
-``bit_serial``), ``num_chips``, ``hardware_seed``, ``weight_bits``
+``bit_serial``), ``dac_encoding`` (``amplitude`` or ``pulse_width``), ``num_chips``, ``hardware_seed``, ``weight_bits``
 (only the precisions the given runs were trained for, read from their checkpoints). The
 grid is the product of the axes. Every point is validated (a `HardwareConfig` is built for
 it) before any evaluation starts, and all problems are reported at once.
@@ -148,6 +148,7 @@ AXES: dict[str, Axis] = {
     "wire_resistance": Axis(float, ("wire_resistance",)),
     "wire_solver": Axis(str, ("wire_solver",)),
     "dac_mode": Axis(str, ("dac_mode",)),
+    "dac_encoding": Axis(str, ("dac_encoding",)),
     "hardware_seed": Axis(_integer, ("seed",)),
     "num_chips": Axis(_integer, ()),
     "weight_bits": Axis(_integer, ("weight_bits",)),

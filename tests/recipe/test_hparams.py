@@ -43,6 +43,7 @@ HARDWARE_KEYS = (
     "wire_resistance",
     "wire_solver",
     "dac_mode",
+    "dac_encoding",
 )
 PROGRAMMING_KEYS = {
     "initial_cycle_mode": "per_array",
@@ -56,6 +57,7 @@ PROGRAMMING_KEYS = {
     "wire_resistance": 0.5,
     "wire_solver": "exact",
     "dac_mode": "bit_serial",
+    "dac_encoding": "pulse_width",
 }
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from speechbrain_memristor.config import HardwareConfig
 from speechbrain_memristor.convert import convert, hardware_matmuls
+from speechbrain_memristor.crossbar.chip import Crossbar
 from speechbrain_memristor.physics.cell_models import device_params
 from speechbrain_memristor.studies.report import (
     COLUMNS,
@@ -17,6 +19,8 @@ from speechbrain_memristor.studies.report import (
     DIGITAL_MAC_ENERGY,
     hardware_report,
     layer_errors,
+    measured_cell_energy,
+    measuring_inputs,
 )
 
 
@@ -218,3 +222,94 @@ def test_report_shows_programming_statistics_without_programming_the_model(tmp_p
     assert plain.programming_attempts == () and plain.unverified_cells == 0
     assert (plain.stuck_lrs_cells, plain.stuck_hrs_cells, plain.verify_reads) == (0, 0, 0)
     assert plain.programming_pulses == plain.cells + plain.lrs_cells  # reset all, set the ones
+
+
+def brute_force_cell_energy(chip, codes: torch.Tensor) -> float:
+    """Per input vector: sum over every read pulse and cell of w V I(V, r) cell_read_time,
+    cell by cell in float64 from the chip's own states and the configured I-V curves (numpy),
+    for integer DAC codes [N, in]: amplitude V = c / M U for the whole window; pulse width
+    V = sign(c) U for |c| / M of it; bit-serial one pulse of sign(c) U per 1 bit of |c|."""
+    hardware = chip.hardware
+    params = device_params(hardware)
+    if hardware.cell_model == "ideal":
+        low, high = np.array([float(params.g_llrs), 0.0]), np.array([0.0])
+    else:
+        low, high = params.llrs_coeffs.double().numpy(), params.hhrs_coeffs.double().numpy()
+    layout, planes = chip.layout, chip.planes
+    total = chip.total.double().view(layout.tiles_in, planes, layout.tile_rows, -1)
+    difference = chip.difference.double().view(layout.tiles_in, planes, layout.tile_rows, -1)
+    sides = [(total + difference) / 2, (total - difference) / 2]  # r+ and r-
+    states = [
+        side.permute(1, 0, 2, 3).reshape(planes, -1, layout.out_features)[:, : layout.in_features]
+        for side in sides
+    ]
+    states = np.stack([state.numpy() for state in states])  # [2, planes, in, out]
+    top, volts = chip.dac.max_code, hardware.input_voltage
+    energy = 0.0
+    for code in codes.double().numpy():
+        sign, magnitude = np.sign(code), np.abs(code)
+        if hardware.dac_mode == "bit_serial":
+            pulses = [(sign * volts, (magnitude.astype(int) >> b) & 1) for b in range(8)]
+        elif hardware.dac_encoding == "pulse_width":
+            pulses = [(sign * volts, magnitude / top)]
+        else:
+            pulses = [(code / top * volts, np.ones_like(code))]
+        for voltage, weight in pulses:
+            u = voltage[None, None, :, None]
+            current = (1 - states) * np.polyval(low, u) + states * np.polyval(high, u)
+            energy += float((weight[None, None, :, None] * u * current).sum())
+    return energy * hardware.cell_read_time / codes.shape[0]
+
+
+@pytest.mark.parametrize("cell", ["synaptogen", "ideal"])
+@pytest.mark.parametrize("mode", [{}, {"dac_encoding": "pulse_width"}, {"dac_mode": "bit_serial"}])
+def test_measured_cell_energy_is_the_per_cell_sum_for_each_encoding(cell, mode):
+    """A tiny chip (2 row tiles, the second padded; 3 bit planes) and tiny inputs: the energy
+    from the counted DAC levels equals the brute-force per-cell, per-pulse sum; zero inputs
+    cost no cell-read energy in every encoding (0 V, or pulses of zero length)."""
+    hardware = HardwareConfig(
+        weight_bits=4, tile_rows=8, tile_cols=4, cell_model=cell, read_noise="off", **mode
+    )
+    weights = integer_weights(6, 11, hardware.weight_qmax, seed=5).float()
+    chip = Crossbar.program(weights, 1.0, hardware, chip_seed=2)
+    generator = torch.Generator().manual_seed(6)
+    codes = torch.randint(-127, 128, (5, 11), generator=generator).float()
+    codes[0] = 127  # full scale and zero inputs in the same batch
+    codes[1] = 0
+    chip.count_inputs()
+    chip.read(codes[:2])
+    chip.read(codes[2:])
+    assert chip.input_vectors == 5
+    expected = brute_force_cell_energy(chip, codes)
+    assert expected > 0
+    assert measured_cell_energy(chip) == pytest.approx(expected, rel=1e-9)
+    chip.count_inputs()
+    chip.read(torch.zeros(3, 11))
+    assert measured_cell_energy(chip) == 0.0
+
+
+def test_report_charges_the_measured_inputs_of_an_analog_run():
+    """`measuring_inputs` around `layer_errors` (the report's own analog run): each layer's
+    reported cell energy is the measured one, below the full-scale bound (which the report
+    keeps without measured inputs); amplitude encoding (V I(V) ~ (c / M)^2) costs less than
+    pulse width (~ |c| / M) on the same inputs."""
+    torch.manual_seed(0)
+    inputs = torch.randn(16, 200)
+    energies = {}
+    for encoding in ("amplitude", "pulse_width"):
+        model = torch.nn.Sequential(
+            torch.nn.Linear(200, 130), torch.nn.ReLU(), torch.nn.Linear(130, 10)
+        )
+        hardware = HardwareConfig.preset("paper", dac_encoding=encoding)
+        convert(model, hardware, "fake_quant", include=["*"])
+        model.train()
+        bound = hardware_report(model).layers
+        with measuring_inputs(model):
+            layer_errors(model, lambda model=model: model(inputs))
+        measured = hardware_report(model).layers
+        for layer, unmeasured, matmul in zip(measured, bound, hardware_matmuls(model), strict=True):
+            assert matmul.chip.input_vectors == 16 and not matmul.chip.counting_inputs
+            assert layer.cell_energy == measured_cell_energy(matmul.chip)
+            assert 0 < layer.cell_energy < unmeasured.cell_energy
+        energies[encoding] = [layer.cell_energy for layer in measured]
+    assert all(a < p for a, p in zip(energies["amplitude"], energies["pulse_width"], strict=True))
