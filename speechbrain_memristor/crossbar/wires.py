@@ -46,10 +46,13 @@ terms without r are the same on both sides of the differential pair and cancel. 
 wires' linear term multiplies r+ - r-, like the ideal read: its coefficients are added to the
 mean product's (no product of its own). The three row terms multiply precomputed (r+ P - r- P),
 p o (r+ - r-) and (r+ o r+P) - (r- o r-P), stacked along the inner dimension: one product of
-three times the ideal read's inner size. The bilinear ones multiply r+ and r- separately (both
-sides interleaved in one matrix: one product): 3 + 4 WIRE_SPECTRAL_TERMS (11) extra products'
-worth of work of the ideal read's size, with per-level coefficients (float32, computed once
-per block of inputs), and no [batch, in, out] tensor. Its error is second order in
+three times the ideal read's inner size. The bilinear one, per side
+sum_m lambda_m (a_m . r)(b_m . r) with a_m = e_m D', b_m = e_m D, enters the pair's difference
+as sum_m lambda_m ((a_m . s)(b_m . d) + (a_m . d)(b_m . s)) / 2 with s = r+ + r-, d = r+ - r-
+(no cancellation between sides): two products of 2 WIRE_SPECTRAL_TERMS times the ideal read's
+rows. In all 3 + 4 WIRE_SPECTRAL_TERMS (11) extra products' worth of work of the ideal read's
+size, with per-level coefficients (float32, computed once per block of inputs), and no
+[batch, in, out] tensor. Its error is second order in
 r G N^2 (tabulated in README.md); read noise keeps the closed form at the ideal voltages
 (the IR drop changes the variance by a relative amount of order r G N^2, a second-order
 effect on the read).
@@ -141,7 +144,8 @@ class FirstOrderTerms:
     ``linear`` [tiles_in * count * tile_rows]: minus the column wires' linear term, added to
     the mean product's per-cell coefficients; ``row`` [tiles_in * planes, count, 3 tile_rows]:
     minus the row terms, against ``WireCircuit.row_matrix``; ``pair`` [tiles_in * planes,
-    count * 2 * terms, tile_rows]: the bilinear term's rows, against both sides' states."""
+    count * 2 * terms, tile_rows]: the bilinear term's rows (with -lambda_m / 2 r steps),
+    against ``WireCircuit.sum_difference``."""
 
     linear: Tensor
     row: Tensor
@@ -201,8 +205,10 @@ class WireCircuit(torch.nn.Module):
             pos64 * pos_shared - neg64 * neg_shared,
         )  # stacked along the inner dimension: one product for the three row terms
         self._buffer("row_matrix", torch.cat(row_matrices, dim=1).float())
-        # Both sides interleaved in the last dim: [tiles_in * planes, tile_rows, out, 2].
-        self._buffer("sides", torch.stack([states_pos, states_neg], dim=-1).float())
+        if self.exact:  # both sides: [2, tiles_in * planes, tile_rows, out]
+            self._buffer("sides", torch.stack([states_pos, states_neg]).float())
+        else:  # r+ + r- and r+ - r- (the bilinear term's matrices)
+            self._buffer("sum_difference", torch.stack([pos64 + neg64, pos64 - neg64]).float())
         sharing = column_sharing_matrix(rows)
         eigenvalues, eigenvectors = torch.linalg.eigh(sharing)
         terms = min(WIRE_SPECTRAL_TERMS, rows)
@@ -233,10 +239,10 @@ class WireCircuit(torch.nn.Module):
         scale = self.resistance * self.steps_per_ampere
         shared_low, shared_slope = low @ self.column_matrix, low_slope @ self.column_matrix
         linear = (diff * shared_slope + diff_slope * shared_low).mul_(-scale)
-        # Bilinear column term: rows of e_m D' (weighted by lambda_m r steps) and of e_m D.
+        # Bilinear column term: rows of e_m D' (weighted by -lambda_m r steps / 2) and of e_m D.
         vectors = self.eigenvectors  # [terms, rows]
         terms = vectors.shape[0]
-        weights = (self.eigenvalues * scale).view(terms, 1)
+        weights = (self.eigenvalues * (-0.5 * scale)).view(terms, 1)  # minus: a loss
         left = diff_slope.unsqueeze(2) * (vectors * weights)
         right = diff.unsqueeze(2) * vectors
         pair = torch.cat([left, right], dim=2).reshape(tiles, count * 2 * terms, rows)
@@ -248,12 +254,14 @@ class WireCircuit(torch.nn.Module):
         term, `FirstOrderTerms.linear`, goes into the mean product's coefficients)."""
         steps.baddbmm_(terms.row, self.row_matrix[:, :, block])
         batches, count, width = steps.shape
-        sides = self.sides[:, :, block].flatten(-2)  # [batches, rows, 2 width]
-        projections = torch.bmm(terms.pair, sides).view(batches, count, 2, terms.terms, width, 2)
-        bilinear = projections[:, :, 0, 0] * projections[:, :, 1, 0]  # [.., width, 2]
-        for term in range(1, terms.terms):
-            bilinear.addcmul_(projections[:, :, 0, term], projections[:, :, 1, term])
-        steps.sub_(bilinear[..., 0]).add_(bilinear[..., 1])
+        # (a.r+)(b.r+) - (a.r-)(b.r-) = ((a.s)(b.d) + (a.d)(b.s)) / 2, s = r+ + r-, d = r+ - r-
+        sums, differences = (
+            torch.bmm(terms.pair, matrix[:, :, block]).view(batches, count, 2, terms.terms, width)
+            for matrix in self.sum_difference
+        )
+        for term in range(terms.terms):
+            steps.addcmul_(sums[:, :, 0, term], differences[:, :, 1, term])
+            steps.addcmul_(differences[:, :, 0, term], sums[:, :, 1, term])
 
     # ------------------------------------------------------------------------ exact
     def exact_read(
@@ -271,8 +279,8 @@ class WireCircuit(torch.nn.Module):
         voltages = self.volts.index_select(0, tile_levels).view(tiles, 1, -1, rows, 1)
         present = (tile_levels != self.volts.shape[0] - 1).view(tiles, 1, -1, rows, 1)
         count = voltages.shape[2]
-        states = self.sides[:, :, block].movedim(-1, 0).double()  # [2, batches, rows, width]
-        states = states.reshape(2, tiles, planes, 1, rows, width)
+        states = self.sides[:, :, :, block].double()  # [2, batches, rows, width]
+        states = states.view(2, tiles, planes, 1, rows, width)
         mean = torch.empty(tiles, planes, count, width, dtype=torch.float64, device=states.device)
         variance = torch.zeros_like(mean) if self.noise_model is not None else None
         chunk = max(1, EXACT_BLOCK_ELEMENTS // (2 * tiles * planes * rows * width))

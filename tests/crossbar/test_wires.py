@@ -305,10 +305,15 @@ def test_first_order_noise_is_todays_noise():
     torch.testing.assert_close(deltas[0], deltas[1], rtol=0, atol=1e-4)
 
 
-def test_first_order_precomputed_matrices_are_tile_major():
-    """The circuit's per-side states are the chip's, tile-major."""
-    hardware = HardwareConfig(tile_rows=8, tile_cols=8, wire_resistance=1.0)
+def test_precomputed_matrices_are_tile_major():
+    """The exact solver's per-side states and the first-order read's sum and difference
+    matrix are the chip's states, tile-major."""
     states_pos, states_neg = random_states(2, 13, 11, seed=1), random_states(2, 13, 11, seed=2)
+    hardware = HardwareConfig(tile_rows=8, tile_cols=8, wire_resistance=1.0)
+    chip = chip_of(states_pos, states_neg, hardware.replace(wire_solver="exact"))
+    assert torch.equal(chip.wires.sides[0], to_tile_major(states_pos, chip.layout))
+    assert torch.equal(chip.wires.sides[1], to_tile_major(states_neg, chip.layout))
     chip = chip_of(states_pos, states_neg, hardware)
-    assert torch.equal(chip.wires.sides[..., 0], to_tile_major(states_pos, chip.layout))
-    assert torch.equal(chip.wires.sides[..., 1], to_tile_major(states_neg, chip.layout))
+    matrix = chip.wires.sum_difference
+    assert torch.equal(matrix[0], to_tile_major(states_pos + states_neg, chip.layout))
+    assert torch.equal(matrix[1], chip.difference)
