@@ -222,8 +222,8 @@ def _add_sweep(subparsers: argparse._SubParsersAction) -> None:
             "dac_grid, tile_size, read_noise, device_params, initial_cycles, "
             "initial_cycle_mode, write_verify, verify_max_attempts, verify_lrs_max_ohms, "
             "verify_hrs_min_ohms, stuck_lrs_rate, stuck_hrs_rate, wire_resistance, "
-            "wire_solver, dac_mode, num_chips, hardware_seed, weight_bits (picks among the "
-            "given runs; see "
+            "wire_solver, dac_mode, programming_device, output_bits, attention_bits, num_chips, "
+            "hardware_seed, weight_bits (picks among the given runs; see "
             "speechbrain_memristor.studies.sweep)."
         ),
     )

@@ -17,7 +17,8 @@ Synaptogen JSON path), ``initial_cycles``, ``initial_cycle_mode`` (``per_cell`` 
 ``verify_lrs_max_ohms`` and ``verify_hrs_min_ohms`` (ohms, ``null`` for the defaults),
 ``stuck_lrs_rate``, ``stuck_hrs_rate``, ``wire_resistance`` (ohms per segment),
 ``wire_solver`` (``first_order`` or ``exact``), ``dac_mode`` (``parallel`` or
-``bit_serial``), ``num_chips``, ``hardware_seed``, ``weight_bits``
+``bit_serial``), ``programming_device`` (``cpu`` or ``weights``), ``output_bits`` and
+``attention_bits`` (bits, or ``off``), ``num_chips``, ``hardware_seed``, ``weight_bits``
 (only the precisions the given runs were trained for, read from their checkpoints). The
 grid is the product of the axes. Every point is validated (a `HardwareConfig` is built for
 it) before any evaluation starts, and all problems are reported at once.
@@ -101,6 +102,16 @@ def _adc_pair(text: str | Sequence[str]) -> tuple[int | None, int | None]:
     return (int(parts[0]), int(parts[1]))
 
 
+def _bits_or_off(text: str | int | None) -> int | None:
+    """Bits of an optional quantizer: an integer, or ``off``/``null`` (None: not quantized)."""
+    if text is None or (isinstance(text, str) and text.lower() in (*NULL_WORDS, "off")):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError("expected an integer number of bits, or off") from None
+
+
 def _boolean(text: str | bool) -> bool:
     if isinstance(text, bool):
         return text
@@ -148,6 +159,9 @@ AXES: dict[str, Axis] = {
     "wire_resistance": Axis(float, ("wire_resistance",)),
     "wire_solver": Axis(str, ("wire_solver",)),
     "dac_mode": Axis(str, ("dac_mode",)),
+    "programming_device": Axis(str, ("programming_device",)),
+    "output_bits": Axis(_bits_or_off, ("output_bits",)),
+    "attention_bits": Axis(_bits_or_off, ("attention_bits",)),
     "hardware_seed": Axis(_integer, ("seed",)),
     "num_chips": Axis(_integer, ()),
     "weight_bits": Axis(_integer, ("weight_bits",)),
