@@ -221,12 +221,13 @@ def _add_sweep(subparsers: argparse._SubParsersAction) -> None:
             "Evaluate trained recipe runs in analog execution at every point of a grid of "
             "hardware settings (test-only recipe runs, one folder per point under OUT/points), "
             "resuming after an interruption, then write OUT/sweep.{csv,json,md} and plots. "
+            "Under torchrun the ranks share the points and rank 0 writes the results. "
             "Grid axes: adc (P/R pairs or ideal), adc_precision_bits, adc_range_bits, dac_bits, "
             "dac_grid, tile_size, read_noise, device_params, initial_cycles, "
             "initial_cycle_mode, write_verify, verify_max_attempts, verify_lrs_max_ohms, "
             "verify_hrs_min_ohms, stuck_lrs_rate, stuck_hrs_rate, wire_resistance, "
-            "wire_solver, dac_mode, num_chips, hardware_seed, weight_bits (picks among the "
-            "given runs; see "
+            "wire_solver, dac_mode, programming_device, output_bits, attention_bits, num_chips, "
+            "hardware_seed, weight_bits (picks among the given runs; see "
             "speechbrain_memristor.studies.sweep)."
         ),
     )
@@ -260,7 +261,8 @@ def _add_sweep(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help=(
             "grid points evaluated at once, each a recipe process (default: one per CUDA GPU, "
-            "each point on its worker's GPU; 1 without GPUs)"
+            "each point on its worker's GPU; 1 without GPUs; under torchrun: per rank, "
+            "default 1, on the rank's GPU cuda:LOCAL_RANK)"
         ),
     )
     parser.set_defaults(handler=_run_sweep)
@@ -268,9 +270,13 @@ def _add_sweep(subparsers: argparse._SubParsersAction) -> None:
 
 def _sweep_workers(workers: int | None) -> dict:
     """``Sweep.run`` arguments: ``workers`` (default: the CUDA GPUs, else 1) and, with GPUs,
-    one device per worker slot."""
+    one device per worker slot; under torchrun 1 per rank (default), on the rank's GPU."""
     import torch
 
+    from speechbrain_memristor.studies.sweep import SweepRanks
+
+    if SweepRanks.from_environment() is not None:
+        return {"workers": workers or 1, "devices": None}
     gpus = torch.cuda.device_count()
     devices = [f"cuda:{index}" for index in range(gpus)] or None
     return {"workers": workers or max(gpus, 1), "devices": devices}
@@ -302,6 +308,8 @@ def _run_sweep(args: argparse.Namespace) -> int:
     except (OSError, RunError, SweepError) as error:
         print(f"{PROGRAM} sweep: error: {error}", file=sys.stderr)
         return 1
+    if results is None:  # a torchrun rank other than 0: rank 0 writes and shows the results
+        return 0
     print((Path(args.out) / "sweep.md").read_text(encoding="utf-8"))
     for plot in results["plots"]:
         print(f"Plot: {plot}")

@@ -3,9 +3,10 @@
 The chip keeps only what reads need (`read` module doc): per plane and tile the difference
 and sum matrices of the positive and negative cells' states, DAC-level lookup tables of the
 mean and noise coefficients, and the cells above the smallest r* for the exact sparse noise
-correction. `ChipInventory` is the one place where cell, tile, array and conversion counts of
-a weight matrix on a given hardware are computed (the chip, the conversion log and the
-hardware report all use it).
+correction. `InventoryCounts` is the one place where cell, tile, array and conversion counts
+of a weight matrix on a given hardware are derived (`ChipInventory` for dense matrices,
+`grouped.GroupedInventory` for group-wise kernels; the chip, the conversion log and the
+hardware report all use them).
 """
 
 from __future__ import annotations
@@ -31,15 +32,77 @@ from speechbrain_memristor.physics.noise import ZERO_VOLTAGE_REPLACEMENT, read_n
 from speechbrain_memristor.util.seeding import stable_seed
 
 
-@dataclass(frozen=True)
-class ChipInventory:
-    """Hardware of one [out, in] weight matrix; conversion counts per input vector.
+class InventoryCounts:
+    """The counts every inventory derives from its placement, per input vector (one place).
 
-    A bit plane is a differential pair of ``tile_rows`` x ``tile_cols`` arrays (rows =
-    inputs, the last tile zero-padded). Per read pulse, DAC conversions: one per driven row of
-    each differential tile pair (planes x tiles_out x in); ADC conversions: one per column,
-    plane and input tile (planes x tiles_in x out); every cell is read once. An input vector
-    takes ``pulses`` reads: 1 (parallel DAC) or the input bits B (bit-serial).
+    An inventory (a dataclass) supplies the matrix's ``out_features``, ``in_features``,
+    ``bit_planes``, tile size ``tile_rows`` x ``tile_cols`` and read ``pulses`` per input
+    vector (1: parallel DAC; the input bits B: bit-serial), and per bit plane and pulse:
+    ``pairs_per_plane`` (differential tile pairs), ``rows_driven`` (DAC conversions, one per
+    driven row of each tile pair) and ``columns_converted`` (ADC conversions). A bit plane's
+    cells are 2 x weights (unused and padded tile cells do not exist); each is read once per
+    pulse.
+    """
+
+    out_features: int
+    in_features: int
+    bit_planes: int
+    tile_rows: int
+    tile_cols: int
+    pulses: int
+    pairs_per_plane: int
+    rows_driven: int
+    columns_converted: int
+
+    @property
+    def weights(self) -> int:
+        return self.out_features * self.in_features
+
+    @property
+    def cells(self) -> int:
+        """Physical cells: planes x 2 x weights (padding excluded)."""
+        return self.bit_planes * 2 * self.weights
+
+    @property
+    def array_pairs(self) -> int:
+        """Differential tile pairs over all planes."""
+        return self.bit_planes * self.pairs_per_plane
+
+    @property
+    def arrays(self) -> int:
+        """Physical tiles: two per differential pair."""
+        return 2 * self.array_pairs
+
+    @property
+    def capacity(self) -> int:
+        """Cells the arrays could hold (padding included)."""
+        return self.arrays * self.tile_rows * self.tile_cols
+
+    @property
+    def utilization(self) -> float:
+        return self.cells / self.capacity
+
+    @property
+    def dac_conversions(self) -> int:
+        return self.pulses * self.bit_planes * self.rows_driven
+
+    @property
+    def adc_conversions(self) -> int:
+        return self.pulses * self.bit_planes * self.columns_converted
+
+    @property
+    def cell_reads(self) -> int:
+        return self.pulses * self.cells
+
+
+@dataclass(frozen=True)
+class ChipInventory(InventoryCounts):
+    """Hardware of one [out, in] weight matrix (`InventoryCounts`).
+
+    A bit plane is a differential pair of ``tile_rows`` x ``tile_cols`` arrays per tile (rows
+    = inputs, the last tile zero-padded): tiles_in x tiles_out pairs. Per plane and pulse, DAC
+    conversions: one per driven row of each column tile (tiles_out x in); ADC conversions:
+    one per column and input tile (tiles_in x out).
     """
 
     out_features: int
@@ -67,44 +130,16 @@ class ChipInventory:
         )
 
     @property
-    def weights(self) -> int:
-        return self.out_features * self.in_features
+    def pairs_per_plane(self) -> int:
+        return self.tiles_in * self.tiles_out
 
     @property
-    def cells(self) -> int:
-        """Physical cells: planes x 2 x in x out (padding excluded)."""
-        return self.bit_planes * 2 * self.weights
+    def rows_driven(self) -> int:
+        return self.tiles_out * self.in_features
 
     @property
-    def array_pairs(self) -> int:
-        """Differential tile pairs: planes x tiles_in x tiles_out."""
-        return self.bit_planes * self.tiles_in * self.tiles_out
-
-    @property
-    def arrays(self) -> int:
-        """Physical tiles: two per differential pair."""
-        return 2 * self.array_pairs
-
-    @property
-    def capacity(self) -> int:
-        """Cells the arrays could hold (padding included)."""
-        return self.arrays * self.tile_rows * self.tile_cols
-
-    @property
-    def utilization(self) -> float:
-        return self.cells / self.capacity
-
-    @property
-    def dac_conversions(self) -> int:
-        return self.pulses * self.bit_planes * self.tiles_out * self.in_features
-
-    @property
-    def adc_conversions(self) -> int:
-        return self.pulses * self.bit_planes * self.tiles_in * self.out_features
-
-    @property
-    def cell_reads(self) -> int:
-        return self.pulses * self.cells
+    def columns_converted(self) -> int:
+        return self.tiles_in * self.out_features
 
 
 class Crossbar(torch.nn.Module):

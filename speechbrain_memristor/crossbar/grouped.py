@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from speechbrain_memristor.config import HardwareConfig
-from speechbrain_memristor.crossbar.chip import ChipInventory, Crossbar
+from speechbrain_memristor.crossbar.chip import ChipInventory, Crossbar, InventoryCounts
 from speechbrain_memristor.crossbar.layout import magnitude_bit_planes
 from speechbrain_memristor.crossbar.periphery import DigitalToAnalogConverter
 from speechbrain_memristor.crossbar.programming import program_chip
@@ -96,10 +96,11 @@ class GroupPacking:
 
 
 @dataclass(frozen=True)
-class GroupedInventory:
-    """`ChipInventory`'s counts for a group-wise packed kernel [out_features, in_features]
-    (``in_features``: rows per group); conversions per input vector (one patch), over its
-    ``pulses`` reads (1, or the input bits in bit-serial mode)."""
+class GroupedInventory(InventoryCounts):
+    """The inventory (`InventoryCounts`) of a group-wise packed kernel [out_features,
+    in_features] (``in_features``: rows per group K): ``packing.tiles`` tile pairs per plane;
+    per plane and pulse, DAC conversions: one per driven row of each column tile (groups x K x
+    tiles_out); ADC conversions: one per column and row chunk (out x tiles_in)."""
 
     out_features: int
     in_features: int
@@ -124,44 +125,16 @@ class GroupedInventory:
         return self.packing.tile_cols
 
     @property
-    def weights(self) -> int:
-        return self.out_features * self.in_features
+    def pairs_per_plane(self) -> int:
+        return self.packing.tiles
 
     @property
-    def cells(self) -> int:
-        """Physical cells: planes x 2 x weights (unused tile cells excluded)."""
-        return self.bit_planes * 2 * self.weights
+    def rows_driven(self) -> int:
+        return self.packing.groups * self.in_features * self.packing.tiles_out
 
     @property
-    def array_pairs(self) -> int:
-        return self.bit_planes * self.packing.tiles
-
-    @property
-    def arrays(self) -> int:
-        return 2 * self.array_pairs
-
-    @property
-    def capacity(self) -> int:
-        return self.arrays * self.tile_rows * self.tile_cols
-
-    @property
-    def utilization(self) -> float:
-        return self.cells / self.capacity
-
-    @property
-    def dac_conversions(self) -> int:
-        """One per driven row of each column tile: planes x groups x K x tiles_out."""
-        packing = self.packing
-        return self.pulses * self.bit_planes * packing.groups * self.in_features * packing.tiles_out
-
-    @property
-    def adc_conversions(self) -> int:
-        """One per column, plane and row chunk: planes x out x tiles_in."""
-        return self.pulses * self.bit_planes * self.out_features * self.packing.tiles_in
-
-    @property
-    def cell_reads(self) -> int:
-        return self.pulses * self.cells
+    def columns_converted(self) -> int:
+        return self.out_features * self.packing.tiles_in
 
 
 def matrix_inventory(

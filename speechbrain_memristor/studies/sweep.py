@@ -7,7 +7,10 @@ the recipe in ``analog`` execution on one split, in its own folder
 ``<out>/points/<id>/`` (``id`` a hash of the point's settings) whose ``save`` links to the
 trained run's checkpoints; the recipe writes ``memristor_<split>.json`` there. A point whose
 table exists is finished and is never evaluated again, so an interrupted sweep resumes where
-it stopped. Finally ``sweep.{csv,json,md}`` and plots are written to ``<out>``.
+it stopped. Finally ``sweep.{csv,json,md}`` and plots are written to ``<out>``. Points run
+one or several at a time (`Sweep.run`), or shared by the ranks of a torchrun job
+(`Sweep.run_on_ranks`); the results are read from the points' tables in grid order, so they
+are the same either way.
 
 Grid axes (`AXES`): ``adc`` (pairs ``p/r``, or ``ideal``), ``adc_precision_bits``,
 ``adc_range_bits`` (integers, ``null`` for an ideal ADC), ``dac_bits``, ``dac_grid``
@@ -17,7 +20,9 @@ Synaptogen JSON path), ``initial_cycles``, ``initial_cycle_mode`` (``per_cell`` 
 ``verify_lrs_max_ohms`` and ``verify_hrs_min_ohms`` (ohms, ``null`` for the defaults),
 ``stuck_lrs_rate``, ``stuck_hrs_rate``, ``wire_resistance`` (ohms per segment),
 ``wire_solver`` (``first_order`` or ``exact``), ``dac_mode`` (``parallel`` or
-``bit_serial``), ``dac_encoding`` (``amplitude`` or ``pulse_width``), ``num_chips``, ``hardware_seed``, ``weight_bits``
+``bit_serial``), ``dac_encoding`` (``amplitude`` or ``pulse_width``),
+``programming_device`` (``cpu`` or ``weights``), ``output_bits`` and
+``attention_bits`` (bits, or ``off``), ``num_chips``, ``hardware_seed``, ``weight_bits``
 (only the precisions the given runs were trained for, read from their checkpoints). The
 grid is the product of the axes. Every point is validated (a `HardwareConfig` is built for
 it) before any evaluation starts, and all problems are reported at once.
@@ -49,12 +54,15 @@ import logging
 import os
 import queue
 import sys
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from tqdm import tqdm
 
@@ -64,7 +72,7 @@ from speechbrain_memristor.convert import LAYER_FIELDS, check_layer_hardware, na
 from speechbrain_memristor.studies.plots import plot_sweep
 from speechbrain_memristor.studies.runs import TrainedRun, bundled_recipe
 from speechbrain_memristor.util.atomic import write_atomic
-from speechbrain_memristor.util.processes import run_logged
+from speechbrain_memristor.util.processes import run_logged, single_process_environment
 from speechbrain_memristor.util.stats import STATISTICS
 from speechbrain_memristor.util.tables import csv_table, markdown_table, setting_text
 
@@ -77,6 +85,12 @@ MANAGED_KEYS = ("output_folder", "execution", "compare", "test_splits")
 # The recipe key of per-layer settings; ``FIELD@PATTERN`` axes add to it.
 LAYER_HARDWARE_KEY = "layer_hardware"
 LAYER_SEPARATOR = "@"
+
+
+# Under torchrun: how long a rank may wait for the others (a rank's share of points can take
+# hours), and how often rank 0 counts finished points for the progress bar.
+RANK_TIMEOUT = timedelta(days=7)
+PROGRESS_POLL_SECONDS = 1.0
 
 
 class SweepError(ValueError):
@@ -99,6 +113,16 @@ def _adc_pair(text: str | Sequence[str]) -> tuple[int | None, int | None]:
     if len(parts) != 2:
         raise ValueError("expected PRECISION/RANGE bits like 4/4, or ideal")
     return (int(parts[0]), int(parts[1]))
+
+
+def _bits_or_off(text: str | int | None) -> int | None:
+    """Bits of an optional quantizer: an integer, or ``off``/``null`` (None: not quantized)."""
+    if text is None or (isinstance(text, str) and text.lower() in (*NULL_WORDS, "off")):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError("expected an integer number of bits, or off") from None
 
 
 def _boolean(text: str | bool) -> bool:
@@ -149,6 +173,9 @@ AXES: dict[str, Axis] = {
     "wire_solver": Axis(str, ("wire_solver",)),
     "dac_mode": Axis(str, ("dac_mode",)),
     "dac_encoding": Axis(str, ("dac_encoding",)),
+    "programming_device": Axis(str, ("programming_device",)),
+    "output_bits": Axis(_bits_or_off, ("output_bits",)),
+    "attention_bits": Axis(_bits_or_off, ("attention_bits",)),
     "hardware_seed": Axis(_integer, ("seed",)),
     "num_chips": Axis(_integer, ()),
     "weight_bits": Axis(_integer, ("weight_bits",)),
@@ -238,6 +265,29 @@ def reference_wers(folder: Path, split: str) -> dict[str, float]:
     for ``split`` (empty if the run has none)."""
     table = EvaluationTable.read(folder, split)
     return {} if table is None else table.reference_metrics()
+
+
+@dataclass(frozen=True)
+class SweepRanks:
+    """This process's place in a torchrun job: ``rank`` of ``world_size``, ``local_rank`` on
+    its machine."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> SweepRanks | None:
+        """The ranks torchrun announces (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``; default:
+        this process's environment); None outside torchrun or for a single process."""
+        environ = os.environ if environ is None else environ
+        if "RANK" not in environ or "WORLD_SIZE" not in environ:
+            return None
+        world_size = int(environ["WORLD_SIZE"])
+        if world_size < 2:
+            return None
+        rank = int(environ["RANK"])
+        return cls(rank, world_size, int(environ.get("LOCAL_RANK", rank)))
 
 
 @dataclass(frozen=True)
@@ -534,7 +584,13 @@ class Sweep:
             link.symlink_to(point.run.folder / "save", target_is_directory=True)
         log_path = folder / "sweep_log.txt"
         command = self.command(point) + ([] if device is None else [f"--device={device}"])
-        status = run_logged(command, log_path, cwd=Path(self.train_script).parent, echo=False)
+        status = run_logged(
+            command,
+            log_path,
+            cwd=Path(self.train_script).parent,
+            echo=False,
+            env=single_process_environment(),  # a point is never a rank of a torchrun sweep
+        )
         if status != 0 or not self.is_done(point):
             raise SweepError(
                 f"Point {point.settings} failed (exit status {status}); see "
@@ -546,7 +602,7 @@ class Sweep:
         evaluate: Callable[[SweepPoint], None] | None = None,
         workers: int = 1,
         devices: Sequence[str] | None = None,
-    ) -> dict:
+    ) -> dict | None:
         """Evaluate every unfinished point, then write tables and plots; returns the results.
 
         ``workers`` points run at once (each a recipe process); with ``devices`` (e.g.
@@ -554,26 +610,118 @@ class Sweep:
         robin. A failed point lets the others finish, then raises (finished points are kept).
         ``evaluate`` replaces `Sweep.evaluate` (e.g. to observe evaluations; it gets the point
         only). The results do not depend on ``workers``: each point is its own process and the
-        tables are read in grid order.
+        tables are read in grid order. Under torchrun (`SweepRanks`) the ranks share the
+        points (`run_on_ranks`); only rank 0 writes and returns the results (None elsewhere).
         """
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise SweepError(f"workers={workers!r} is invalid: expected an integer >= 1.")
+        ranks = SweepRanks.from_environment()
+        if ranks is not None:
+            return self.run_on_ranks(ranks, evaluate, workers, devices)
         pending = [point for point in self.points if not self.is_done(point)]
+        self._log_plan(pending, workers)
+        progress = tqdm(total=len(pending), desc="sweep points", unit="point", disable=not pending)
+        with progress:
+            self._evaluate_points(pending, evaluate, workers, devices, lambda: progress.update(1))
+        return self.write_results()
+
+    def run_on_ranks(
+        self,
+        ranks: SweepRanks,
+        evaluate: Callable[[SweepPoint], None] | None = None,
+        workers: int = 1,
+        devices: Sequence[str] | None = None,
+    ) -> dict | None:
+        """`run` as one rank of a torchrun job: rank 0 lists the unfinished points (so every
+        rank deals the same list), rank k evaluates points k, k + W, ... of it (``workers`` at
+        a time, on ``devices``; default: ``cuda:LOCAL_RANK`` where CUDA is present, else the
+        recipe's default), each a recipe process as in a serial sweep. The ranks meet in a gloo
+        group (joined here unless one is initialized) only to share that list and, at the
+        end, their failures; rank 0 counts finished points from their tables for the progress
+        bar and alone writes the results, read from the tables in grid order as a serial
+        sweep does (None is returned on the other ranks). A failed point lets every rank
+        finish its share, then every rank raises, rank 0 naming every failure."""
+        joined = not torch.distributed.is_initialized()
+        if joined:
+            torch.distributed.init_process_group("gloo", timeout=RANK_TIMEOUT)
+        try:
+            listed = [[index for index, point in enumerate(self.points) if not self.is_done(point)]]
+            torch.distributed.broadcast_object_list(listed, src=0)
+            pending = [self.points[index] for index in listed[0]]
+            share = pending[ranks.rank :: ranks.world_size]
+            if devices is None and torch.cuda.is_available():
+                devices = [f"cuda:{ranks.local_rank % torch.cuda.device_count()}"]
+            if ranks.rank == 0:
+                self._log_plan(pending, workers, ranks.world_size)
+            gathered: list[list[str | None]] = []
+
+            def evaluate_share() -> None:
+                failure = None
+                try:
+                    self._evaluate_points(share, evaluate, workers, devices, lambda: None, ranks)
+                except Exception as error:  # reported after the gather below
+                    failure = f"rank {ranks.rank}: {error}"
+                failures: list[str | None] = [None] * ranks.world_size
+                torch.distributed.all_gather_object(failures, failure)
+                gathered.append(failures)
+
+            worker = threading.Thread(target=evaluate_share, name="sweep rank share")
+            worker.start()
+            show = ranks.rank == 0 and bool(pending)
+            with tqdm(
+                total=len(pending), desc="sweep points", unit="point", disable=not show
+            ) as bar:
+                while worker.is_alive():
+                    worker.join(PROGRESS_POLL_SECONDS)
+                    bar.update(sum(map(self.is_done, pending)) - bar.n)
+        finally:
+            if joined:
+                torch.distributed.destroy_process_group()
+        if not gathered:
+            raise SweepError(
+                f"rank {ranks.rank}: the ranks could not exchange their outcome (another rank "
+                "stopped?); finished points are kept: rerun the sweep to resume."
+            )
+        failures = gathered[0]
+        reported = failures if ranks.rank == 0 else failures[ranks.rank : ranks.rank + 1]
+        reported = [failure for failure in reported if failure is not None]
+        if reported:
+            raise SweepError(
+                "Sweep points failed (finished points are kept; rerun to resume):\n- "
+                + "\n- ".join(reported)
+            )
+        return self.write_results() if ranks.rank == 0 else None
+
+    def _log_plan(self, pending: Sequence[SweepPoint], workers: int, ranks: int = 1) -> None:
         logger.info(
-            "Sweep: %d points, %d finished, %d to evaluate (%d at a time)",
+            "Sweep: %d points, %d finished, %d to evaluate (%d at a time on each of %d ranks)",
             len(self.points),
             len(self.points) - len(pending),
             len(pending),
             workers,
+            ranks,
         )
+
+    def _evaluate_points(
+        self,
+        points: Sequence[SweepPoint],
+        evaluate: Callable[[SweepPoint], None] | None,
+        workers: int,
+        devices: Sequence[str] | None,
+        finished: Callable[[], None],
+        ranks: SweepRanks | None = None,
+    ) -> None:
+        """Evaluate ``points`` ``workers`` at a time (`run`), calling ``finished`` after each;
+        raises the first failure once all have run (one worker: at once)."""
         slots: queue.SimpleQueue[int] = queue.SimpleQueue()
         for slot in range(workers):
             slots.put(slot)
+        where = "" if ranks is None else f" on rank {ranks.rank}"
 
         def evaluate_in_a_slot(point: SweepPoint) -> None:
             slot = slots.get()
             try:
-                logger.info("Sweep point %s: %s", point.identifier, point.settings)
+                logger.info("Sweep point %s%s: %s", point.identifier, where, point.settings)
                 if evaluate is not None:
                     evaluate(point)
                 else:
@@ -581,24 +729,19 @@ class Sweep:
             finally:
                 slots.put(slot)
 
-        progress = tqdm(total=len(pending), desc="sweep points", unit="point", disable=not pending)
-        with progress:
-            if workers == 1:
-                for point in pending:
-                    evaluate_in_a_slot(point)
-                    progress.update(1)
-            else:
-                failures = []
-                with ThreadPoolExecutor(workers) as pool:
-                    for future in as_completed(
-                        pool.submit(evaluate_in_a_slot, point) for point in pending
-                    ):
-                        progress.update(1)
-                        if future.exception() is not None:
-                            failures.append(future.exception())
-                if failures:
-                    raise failures[0]
-        return self.write_results()
+        if workers == 1:
+            for point in points:
+                evaluate_in_a_slot(point)
+                finished()
+            return
+        failures = []
+        with ThreadPoolExecutor(workers) as pool:
+            for future in as_completed(pool.submit(evaluate_in_a_slot, point) for point in points):
+                finished()
+                if future.exception() is not None:
+                    failures.append(future.exception())
+        if failures:
+            raise failures[0]
 
     def results(self) -> dict:
         """Rows of the finished points (WER summary over chips) and the references."""

@@ -41,6 +41,15 @@ def init_rank(rank: int, port: int) -> None:
     sb.utils.distributed.ddp_init_group({"distributed_backend": "gloo"})
 
 
+def run_ranks(worker, folder: pathlib.Path, saved: str) -> list:
+    """Spawn WORLD_SIZE ranks of ``worker(rank, port, folder)``; load what each saved as
+    ``folder / f"{saved}{rank}.pt"``, in rank order."""
+    torch.multiprocessing.spawn(
+        worker, args=(free_port(), str(folder)), nprocs=WORLD_SIZE, join=True
+    )
+    return [torch.load(folder / f"{saved}{rank}.pt") for rank in range(WORLD_SIZE)]
+
+
 def ddp_worker(rank: int, port: int, folder: str) -> None:
     """One rank, as torchrun would start it: train one QAT step, program chips, save results."""
     init_rank(rank, port)
@@ -78,10 +87,7 @@ def ddp_worker(rank: int, port: int, folder: str) -> None:
 
 
 def test_ddp_qat_step_and_identical_chips_on_every_rank(tmp_path):
-    torch.multiprocessing.spawn(
-        ddp_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD_SIZE, join=True
-    )
-    first, second = (torch.load(tmp_path / f"rank{rank}.pt") for rank in range(WORLD_SIZE))
+    first, second = run_ranks(ddp_worker, tmp_path, "rank")
     for result in (first, second):
         assert result["wrapped"] and result["steps"] == 1
         assert result["executions"] == {"fake_quant"}
@@ -154,9 +160,7 @@ def test_quantizer_merge_equals_one_observer_of_all_ranks(tmp_path):
     """min-max: min of the minima, max of the maxima (as one observer fed both ranks' data);
     moving average: the mean over the ranks that calibrated (an uncalibrated rank's inf must
     not poison it)."""
-    torch.multiprocessing.spawn(
-        merge_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD_SIZE, join=True
-    )
+    merged_per_rank = run_ranks(merge_worker, tmp_path, "merged")
     expected = {
         "minmax": {
             "net.0.min": -3.0,
@@ -175,8 +179,7 @@ def test_quantizer_merge_equals_one_observer_of_all_ranks(tmp_path):
             "net.2.max": 1.0,
         },
     }
-    for rank in range(WORLD_SIZE):
-        merged = torch.load(tmp_path / f"merged{rank}.pt")
+    for merged in merged_per_rank:
         for observer, values in expected.items():
             assert {key: value.item() for key, value in merged[observer].items()} == values
     # The min-max merge agrees with a single observer fed the data of both ranks.
@@ -220,10 +223,7 @@ def chip_in_the_loop_worker(rank: int, port: int, folder: str) -> None:
 
 
 def test_ddp_ranks_train_on_identical_chips(tmp_path):
-    torch.multiprocessing.spawn(
-        chip_in_the_loop_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD_SIZE, join=True
-    )
-    first, second = (torch.load(tmp_path / f"chips{rank}.pt") for rank in range(WORLD_SIZE))
+    first, second = run_ranks(chip_in_the_loop_worker, tmp_path, "chips")
     assert len(first) == len(second) == 2  # two steps on each rank
     for mine, theirs in zip(first, second, strict=True):
         assert set(mine) == set(theirs) and len(mine) == 16

@@ -310,3 +310,33 @@ def test_sweep_programming_axes_reach_the_recipe(tmp_path):
         paper_sweep(tmp_path, {"stuck_lrs_rate": "0.6", "stuck_hrs_rate": "0.5"}, "bad")
     with pytest.raises(SweepError, match="write_verify='maybe'"):
         parse_grid({"write_verify": "maybe"})
+
+
+def test_sweep_qat_option_and_programming_device_axes_reach_the_recipe(tmp_path):
+    """Grid axes output_bits, attention_bits (``off``: not quantized) and programming_device
+    set the recipe keys of the same names: each point builds its config; invalid values are
+    rejected before any evaluation, naming the field, the value and what is allowed."""
+    grid = {"output_bits": "off,8", "attention_bits": "3", "programming_device": "cpu,weights"}
+    sweep = paper_sweep(tmp_path, grid)
+    assert built_hardware(sweep) == [
+        HardwareConfig.preset(
+            "paper", output_bits=bits, attention_bits=3, programming_device=device
+        )
+        for bits in (None, 8)
+        for device in ("cpu", "weights")
+    ]
+    assert "--output_bits=null" in sweep.command(sweep.points[0])
+    for bad, expected in (
+        ({"output_bits": "1"}, ["output_bits=1", "expected an integer in [2, 16]"]),
+        ({"attention_bits": "17"}, ["attention_bits=17", "[2, 16]"]),
+        ({"programming_device": "gpu"}, ["programming_device='gpu'", "'cpu', 'weights'"]),
+    ):
+        with pytest.raises(SweepError) as error:
+            paper_sweep(tmp_path, bad, "bad")
+        for part in expected:
+            assert part in str(error.value), (part, str(error.value))
+    with pytest.raises(SweepError) as error:
+        parse_grid({"attention_bits": "four", "output_bits": "8,eight"})
+    message = str(error.value)
+    assert "attention_bits='four'" in message and "output_bits='eight'" in message
+    assert "expected an integer number of bits, or off" in message

@@ -233,3 +233,40 @@ def test_two_workers_write_the_serial_sweep_results(trained_run, tmp_path):
         ).read_text()
     with pytest.raises(SweepError, match="workers=0 is invalid"):
         parallel.run(workers=0)
+
+
+def test_sweep_under_torchrun_writes_the_serial_sweep_results(trained_run, tmp_path, monkeypatch):
+    """`speechbrain-memristor sweep` under torchrun with 2 ranks (gloo, CPU), resuming a sweep
+    with one point finished: each unfinished point is evaluated once, by rank k for the k-th
+    (round robin), the finished one by none, and rank 0 writes the serial sweep's files byte
+    for byte. torchrun gives its ranks (and so the points' recipe processes) one thread
+    unless OMP_NUM_THREADS says otherwise: the serial sweep runs with the same."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    grid = {"adc": "8/10,4/4,6/6", "num_chips": "1"}
+    serial = make_sweep(trained_run, tmp_path / "serial", grid)
+    serial.run()
+    ranked = make_sweep(trained_run, tmp_path / "ranked", grid)
+    finished = ranked.point_folder(ranked.points[0])
+    shutil.copytree(serial.point_folder(serial.points[0]), finished, symlinks=True)
+    finished_written = ranked.table_path(ranked.points[0]).stat().st_mtime_ns
+
+    overrides = [f"--set={key}={value}" for key, value in TINY_MODEL.items()]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    # "--": torchrun would read the sweep's --run as an abbreviation of its own --run-path.
+    command += ["--nproc_per_node=2", "-m", "speechbrain_memristor.app.cli", "--", "sweep"]
+    command += [str(HPARAMS), "--run", str(trained_run), "--out", str(tmp_path / "ranked")]
+    command += ["--grid", "adc=8/10,4/4,6/6", "--grid", "num_chips=1", *overrides]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 0, output[-4000:]
+
+    for rank, point in enumerate(ranked.points[1:]):
+        assert output.count(f"Sweep point {point.identifier} on rank") == 1, output[-4000:]
+        assert f"Sweep point {point.identifier} on rank {rank}:" in output
+    assert f"Sweep point {ranked.points[0].identifier}" not in output
+    assert ranked.table_path(ranked.points[0]).stat().st_mtime_ns == finished_written
+    for name in ("sweep.json", "sweep.csv", "sweep.md"):
+        assert (tmp_path / "ranked" / name).read_bytes() == (
+            tmp_path / "serial" / name
+        ).read_bytes()
+    assert output.count("3 of 3 points finished") == 1  # rank 0 alone prints the table
