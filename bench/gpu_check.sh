@@ -67,7 +67,8 @@ echo
 echo "| check | result |"
 echo "| --- | --- |"
 echo "| CUDA tests | $(tail -1 "$LOGS/cuda_tests.log") |"
-grep -h " noise=" "$LOGS/bench_linear.log" | sed -E 's/^(.*noise=[a-z]+).*ratio +([0-9.]+x).*/| linear \1 | analog \/ F.linear \2 |/'
+grep -h " noise=" "$LOGS/bench_linear.log" | sed -E \
+    's/^(.*noise=[a-z]+) +frames=[0-9]+: analog +([0-9.]+ ms), F.linear +([0-9.]+ ms), ratio +([0-9.]+x).*peak alloc.*ratio +([0-9.]+x).*/| linear \1 | time \2 vs \3 (\4), peak memory \5 |/'
 grep -h "^programming on" "$LOGS/bench_linear.log" | sed -E 's/^([^:]*): (.*)$/| \1 | \2 |/'
 for noise in physical off; do
     log="$LOGS/bench_conformer_$noise.log"
