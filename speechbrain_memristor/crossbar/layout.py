@@ -84,6 +84,13 @@ def to_tile_major(matrix: Tensor, layout: TileLayout) -> Tensor:
     )
 
 
+def repeat_per_plane(per_tile: Tensor, planes: int) -> Tensor:
+    """[tiles_in, count, k] per input tile -> [tiles_in * planes, count, k] in the tile-major
+    batch order (index tile * planes + plane): each tile's block repeated for its planes."""
+    tiles, rest = per_tile.shape[0], per_tile.shape[1:]
+    return per_tile.unsqueeze(1).expand(tiles, planes, *rest).reshape(tiles * planes, *rest)
+
+
 def from_tile_major(matrix: Tensor, layout: TileLayout) -> Tensor:
     """Inverse of `to_tile_major`: [tiles_in * planes, tile_rows, out] -> [planes, in, out]."""
     planes = matrix.shape[0] // layout.tiles_in

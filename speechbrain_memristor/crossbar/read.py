@@ -29,7 +29,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from speechbrain_memristor.config import HardwareConfig
-from speechbrain_memristor.crossbar.layout import TileLayout, signed_bit_planes, to_tile_major
+from speechbrain_memristor.crossbar.layout import (
+    TileLayout,
+    repeat_per_plane,
+    signed_bit_planes,
+    to_tile_major,
+)
 from speechbrain_memristor.crossbar.periphery import (
     AnalogToDigitalConverter,
     DigitalToAnalogConverter,
@@ -129,7 +134,9 @@ def tiled_read(
         if path.wires is not None and not exact:  # first-order IR drop (its linear term here)
             wire_terms = path.wires.first_order_terms(tile_levels, tiles, planes)
             mean_per_cell = mean_per_cell.add_(wire_terms.linear)
-        mean_coefficients = _per_plane(mean_per_cell, tiles, planes, layout.tile_rows)
+        mean_coefficients = repeat_per_plane(
+            mean_per_cell.view(tiles, -1, layout.tile_rows), planes
+        )
         if noise is not None:
             beta, offset = _noise_coefficients(tile_levels, noise, tiles, planes)
         for index, column in enumerate(column_starts):
@@ -171,13 +178,6 @@ def _exact_steps_(
     steps.add_(mean)
 
 
-def _per_plane(per_cell: Tensor, tiles: int, planes: int, tile_rows: int) -> Tensor:
-    """[tiles_in * count * tile_rows] coefficients -> [tiles_in * planes, count, tile_rows],
-    each tile's block repeated for its planes (batch index tile * planes + plane)."""
-    per_tile = per_cell.view(tiles, 1, -1, tile_rows)
-    return per_tile.expand(tiles, planes, -1, tile_rows).reshape(tiles * planes, -1, tile_rows)
-
-
 def _noise_coefficients(
     tile_levels: Tensor, noise: ReadNoise, tiles: int, planes: int
 ) -> tuple[Tensor, Tensor]:
@@ -185,10 +185,10 @@ def _noise_coefficients(
     and the column offset 2 sum_rows a s L [tiles_in * planes, count, 1] of the closed-form
     variance."""
     tile_rows = noise.total.shape[1]
-    beta = noise.beta_lut.index_select(0, tile_levels)
+    beta = noise.beta_lut.index_select(0, tile_levels).view(tiles, -1, tile_rows)
     alpha = noise.alpha_lut.index_select(0, tile_levels).view(tiles, -1, tile_rows)
     offset = 2.0 * alpha.sum(-1, keepdim=True)  # [tiles_in, count, 1]
-    return _per_plane(beta, tiles, planes, tile_rows), _per_plane(offset, tiles, planes, 1)
+    return repeat_per_plane(beta, planes), repeat_per_plane(offset, planes)
 
 
 def _correct_rare_cells(

@@ -68,7 +68,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from speechbrain_memristor.config import HardwareConfig
-from speechbrain_memristor.crossbar.layout import TileLayout
+from speechbrain_memristor.crossbar.layout import TileLayout, repeat_per_plane
 from speechbrain_memristor.physics.cell_models import CellModel
 from speechbrain_memristor.physics.noise import ReadNoiseModel
 
@@ -225,11 +225,6 @@ class WireCircuit(torch.nn.Module):
         [tiles_in * count * tile_rows] (tile-major), once per block of inputs (module doc)."""
         rows = self.layout.tile_rows
 
-        def per_plane(values: Tensor) -> Tensor:  # [tiles, count, k] -> [batches, count, k]
-            shape = values.shape
-            expanded = values.unsqueeze(1).expand(tiles, planes, *shape[1:])
-            return expanded.reshape(tiles * planes, *shape[1:])
-
         def coefficients(lut: Tensor) -> Tensor:  # [terms, tiles, count, rows]
             return lut.index_select(-1, tile_levels).view(lut.shape[0], tiles, -1, rows)
 
@@ -246,7 +241,12 @@ class WireCircuit(torch.nn.Module):
         left = diff_slope.unsqueeze(2) * (vectors * weights)
         right = diff.unsqueeze(2) * vectors
         pair = torch.cat([left, right], dim=2).reshape(tiles, count * 2 * terms, rows)
-        return FirstOrderTerms(linear.reshape(-1), per_plane(row.neg_()), per_plane(pair), terms)
+        return FirstOrderTerms(
+            linear.reshape(-1),
+            repeat_per_plane(row.neg_(), planes),
+            repeat_per_plane(pair, planes),
+            terms,
+        )
 
     def add_first_order_(self, steps: Tensor, terms: FirstOrderTerms, block: slice) -> None:
         """In place: add the row terms and the bilinear column term of the first-order IR-drop

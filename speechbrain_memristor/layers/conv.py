@@ -113,12 +113,7 @@ class GroupedConvMatmul(HardwareMatmul):
 
     @torch.no_grad()
     def _analog(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        if not torch.isfinite(x).all():
-            raise ValueError(
-                f"Analog grouped convolution {self.name or '<unnamed>'!r} got NaN or infinite "
-                "inputs, which no DAC converts; run the model in 'digital' mode to find the source."
-            )
-        self.ensure_programmed(weight)
+        self._prepare_analog(x, weight)
         return self._read(x, weight, bias, self._chip_read)
 
     @torch.no_grad()

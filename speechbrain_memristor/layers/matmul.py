@@ -234,8 +234,8 @@ class HardwareMatmul(torch.nn.Module):
             self.training_chip.reseed_read_noise(seed)
         self._noise_generator = torch.Generator(device=device).manual_seed(seed)
 
-    @torch.no_grad()
-    def _analog(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    def _prepare_analog(self, x: Tensor, weight: Tensor) -> None:
+        """Before an analog read: refuse non-finite inputs, program ``weight`` if needed."""
         if not torch.isfinite(x).all():
             raise ValueError(
                 f"Analog layer {self.name or '<unnamed>'!r} got NaN or infinite inputs; a DAC "
@@ -243,6 +243,10 @@ class HardwareMatmul(torch.nn.Module):
                 "to locate the source)."
             )
         self.ensure_programmed(weight)
+
+    @torch.no_grad()
+    def _analog(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        self._prepare_analog(x, weight)
         assert self.chip is not None
         input_scale = self.input_quantizer.calibrated_scale(x)
         values = self.chip.read(x.reshape(-1, weight.shape[1]), input_scale)
